@@ -1,0 +1,51 @@
+"""The `vlm-grades` command. Each subcommand lives in vlm_grades/commands/<name>.py and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vlm_grades import __version__
+from vlm_grades.errors import UserError
+
+# Order is the order in `vlm-grades --help`.
+COMMANDS = ["train", "eval", "score", "report", "compare", "components", "fetch"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlm-grades",
+        description="Vision-language fine-tuning with modality-aware gradient-based early stopping (GradES).",
+    )
+    parser.add_argument("--version", action="version", version=f"vlm-grades {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"vlm_grades.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"vlm_grades.commands.{name}":
+                continue  # not built yet: absent from --help rather than a stub
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"vlm-grades {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vlm-grades {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The run folder: the contract between `train`, `report` and `eval` (layout in docs/RUN_FOLDER.md)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from vlm_grades.errors import UserError
+
+LOGS = ("convergence", "events", "metrics")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as strings so every line stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_clean(obj), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Yields records; a torn last line (a run killed mid-write) is skipped, not fatal."""
+    if not Path(path).exists():
+        return
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike, create: bool = False):
+        self.path = Path(path)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():
+            raise UserError(f"{self.path}: run folder does not exist")
+
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike) -> "RunFolder":
+        """Open a folder written by `vlm-grades train`; anything else is a clear error."""
+        run = cls(path)
+        if not (run.path / "config.yaml").exists() or not (run.path / "components.json").exists():
+            raise UserError(f"{run.path}: not a vlm-grades run folder (no config.yaml / components.json)")
+        return run
+
+    # paths
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final"
+
+    def log_path(self, kind: str) -> Path:
+        assert kind in LOGS, kind
+        return self.path / f"{kind}.jsonl"
+
+    # writing
+    def append(self, kind: str, record: dict) -> None:
+        with open(self.log_path(kind), "a") as f:
+            f.write(json.dumps(_clean(record)) + "\n")
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json_atomic(self.path / name, obj)
+
+    # reading
+    def read(self, kind: str) -> list[dict]:
+        return list(read_jsonl(self.log_path(kind)))
+
+    def read_json(self, name: str) -> Any:
+        with open(self.path / name) as f:
+            return json.load(f)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop log records written after the checkpoint's step so the logs match the state."""
+        for kind in LOGS:
+            path = self.log_path(kind)
+            if not path.exists():
+                continue
+            keep = [r for r in read_jsonl(path) if r.get("step", -1) <= step or r.get("type") == "start"]
+            with open(path, "w") as f:
+                for r in keep:
+                    f.write(json.dumps(r) + "\n")
