@@ -52,10 +52,10 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 class RunFolder:
     def __init__(self, path: str | os.PathLike, create: bool = False):
+        """create=True: a new run; the folder appears with the first write, so a run that fails while
+        setting up leaves nothing behind."""
         self.path = Path(path)
-        if create:
-            self.path.mkdir(parents=True, exist_ok=True)
-        elif not self.path.is_dir():
+        if not create and not self.path.is_dir():
             raise UserError(f"{self.path}: run folder does not exist")
 
     @classmethod
@@ -81,6 +81,7 @@ class RunFolder:
 
     # writing
     def append(self, kind: str, record: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.log_path(kind), "a") as f:
             f.write(json.dumps(_clean(record)) + "\n")
 

@@ -1,0 +1,64 @@
+"""Model adapters: `nanovlm` (bundled) and `qwen2.5-vl` (transformers)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlm_grades.errors import UserError
+
+MODELS = ("nanovlm", "qwen2.5-vl")
+
+
+def detect_architecture(path: str | Path) -> str:
+    """"nanovlm" or "qwen2_5_vl" from a checkpoint folder's config.json (a LoRA adapter folder counts
+    as its base model's architecture)."""
+    path = Path(path)
+    config = path / "config.json"
+    if (path / "adapter_config.json").exists() and not config.exists():
+        return "qwen2_5_vl"
+    if not config.exists():
+        raise UserError(f"{path}: no config.json; expected a run folder or a model checkpoint folder")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        raise UserError(f"{config}: not valid JSON ({e})") from None
+    if model_type == "nanovlm":
+        return "nanovlm"
+    if model_type in ("qwen2_5_vl", "qwen2_vl"):
+        return "qwen2_5_vl"
+    raise UserError(f"{config}: model_type {model_type!r} is not supported (nanovlm, qwen2_5_vl)")
+
+
+def load_for_eval(path: str | Path):
+    """An adapter for a run folder (its final/ model, else its newest checkpoint's) or a checkpoint folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: does not exist")
+    if (path / "final").is_dir():
+        path = path / "final"
+    arch = detect_architecture(path)
+    if arch == "nanovlm":
+        from vlm_grades.models.nanovlm import NanoVLMAdapter
+
+        return NanoVLMAdapter.load(path)
+    from vlm_grades.models.qwen2_5_vl import load_qwen_for_eval
+
+    return load_qwen_for_eval(str(path))
+
+
+def build_adapter(cfg, train_samples):
+    """The adapter for a TrainConfig: a new or saved nanoVLM, or a Qwen2.5-VL checkpoint (full or LoRA)."""
+    if cfg.model == "nanovlm":
+        from vlm_grades.models.nanovlm import NanoVLMAdapter
+
+        if cfg.model_path:
+            return NanoVLMAdapter.load(cfg.model_path)
+        return NanoVLMAdapter.create(cfg.preset, train_samples, lm_weights=cfg.lm_weights,
+                                     vision_weights=cfg.vision_weights)
+    from vlm_grades.models.lora import LoraSettings
+    from vlm_grades.models.qwen2_5_vl import Qwen25VLAdapter
+
+    lora = LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                        targets=cfg.lora_targets) if cfg.lora else None
+    return Qwen25VLAdapter.load(cfg.model_path, lora=lora, freeze=tuple(cfg.freeze),
+                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)

@@ -1,0 +1,159 @@
+"""TrainConfig: every setting of `vlm-grades train`, from defaults, a YAML file and flags (in that order)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlm_grades.errors import UserError
+
+TASKS = ("easyvqa", "easyvqa-caption", "vqav2", "gqa", "coco")
+STOPPING = ("grades", "none", "classic")
+MODALITIES = ("vision", "projector", "language")
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "nanovlm"                 # nanovlm | qwen2.5-vl
+    preset: str = "tiny"                   # nanovlm preset: tiny | smol | 222m
+    model_path: str | None = None          # checkpoint folder or hub id (qwen2.5-vl; nanovlm to continue training)
+    lm_weights: str | None = None          # nanovlm smol/222m: SmolLM2 folder (default: the `fetch` cache)
+    vision_weights: str | None = None      # nanovlm 222m: a SigLIP checkpoint folder
+    lora: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "language"         # language | vision | both
+    freeze: list[str] = field(default_factory=list)   # modalities frozen for the whole run
+    min_pixels: int | None = None          # qwen2.5-vl image resizing bounds
+    max_pixels: int | None = None
+    # data
+    task: str = "easyvqa"
+    data: str | None = None                # folder, file or hub id (easy-VQA comes from its package)
+    split: str = "train"
+    val_split: str | None = "val"          # validation loss (classic stopping); None to skip
+    eval_split: str | None = "test"        # held-out score at the end; None to skip
+    eval_data: str | None = None           # defaults to `data`
+    max_samples: int | None = None
+    val_max_samples: int | None = 1024
+    eval_max_samples: int | None = None
+    prompt: str | None = None              # prompt template with {question}
+    strict: bool = False
+    num_workers: int = 0
+    # optimisation
+    steps: int = 1500                      # planned optimizer steps (GradES may stop earlier)
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float | None = None                # sets all three modality learning rates at once
+    lr_vision: float = 1e-3
+    lr_projector: float = 1e-3
+    lr_language: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05                   # fraction of planned steps (or an absolute count if >= 1)
+    schedule: str = "cosine"               # cosine | linear | constant
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    mixed_precision: str = "no"            # no | bf16 | fp16
+    seed: int = 0
+    # stopping
+    stopping: str = "grades"
+    grades: dict[str, Any] = field(default_factory=dict)   # GradESConfig fields
+    classic_every: int = 100               # classic: validation loss every N steps
+    classic_patience: int = 3
+    classic_min_delta: float = 0.0
+    # run
+    out: str | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_batch_size: int = 128
+    max_new_tokens: int = 16
+    report_to: list[str] = field(default_factory=list)     # tensorboard, wandb
+    progress: bool = True
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"--config {path}: file not found") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+        unknown = set(data) - cls.field_names()
+        if unknown:
+            raise UserError(f"--config {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+        return data
+
+    @classmethod
+    def build(cls, *layers: dict[str, Any]) -> "TrainConfig":
+        chosen = {k: v for layer in layers for k, v in layer.items() if k in ("model", "task")}
+        model, task = chosen.get("model", cls.model), chosen.get("task")
+        task = task or MODEL_DEFAULTS.get(model, {}).get("task", cls.task)
+        layers = (MODEL_DEFAULTS.get(model, {}), TASK_DEFAULTS.get(task, {})) + layers
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            for key, value in layer.items():
+                if key == "grades" and isinstance(value, dict):
+                    merged["grades"] = {**merged.get("grades", {}), **value}
+                else:
+                    merged[key] = value
+        cfg = cls(**merged)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.model not in ("nanovlm", "qwen2.5-vl"):
+            raise UserError(f"--model: expected nanovlm or qwen2.5-vl, got {self.model!r}")
+        if self.model == "qwen2.5-vl" and not self.model_path:
+            raise UserError("--model-path: qwen2.5-vl needs a checkpoint folder or hub id")
+        if self.task not in TASKS:
+            raise UserError(f"--task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task in ("vqav2", "gqa", "coco") and not self.data:
+            raise UserError(f"--data: task {self.task} needs a data folder, file or hub id")
+        if self.stopping not in STOPPING:
+            raise UserError(f"--stopping: expected one of {', '.join(STOPPING)}, got {self.stopping!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise UserError(f"--mixed-precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise UserError(f"--schedule: expected cosine, linear or constant, got {self.schedule!r}")
+        bad = [m for m in self.freeze if m not in MODALITIES]
+        if bad:
+            raise UserError(f"--freeze: unknown modality {bad[0]!r} (vision, projector, language)")
+        if self.lora_targets not in ("language", "vision", "both"):
+            raise UserError(f"--lora-targets: expected language, vision or both, got {self.lora_targets!r}")
+        if self.lr is not None:
+            self.lr_vision = self.lr_projector = self.lr_language = self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Per-model defaults, applied between the dataclass defaults and the user's YAML/flags.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "nanovlm": {},
+    "qwen2.5-vl": {"lr_vision": 2e-6, "lr_projector": 1e-5, "lr_language": 1e-5, "batch_size": 4,
+                   "steps": 1000, "warmup": 0.03, "eval_batch_size": 8, "val_max_samples": 256,
+                   "task": "vqav2"},
+}
+
+# Only easy-VQA has known split names for validation and held-out evaluation; other data sets name theirs.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    task: {"val_split": None, "eval_split": None} for task in ("vqav2", "gqa", "coco")
+}

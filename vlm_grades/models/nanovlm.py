@@ -1,0 +1,171 @@
+"""Adapter for the bundled nanoVLM: tokenizer, image preprocessing, collate, loss, generate, save."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from nanovlm.config import VLMConfig
+from nanovlm.vision_language_model import VisionLanguageModel
+from vlm_grades.data.schema import Sample, load_image
+from vlm_grades.errors import UserError
+from vlm_grades.models.tokenizer_words import IMAGE, build_word_tokenizer
+
+ADAPTER_FILE = "vlm_grades_adapter.json"
+# SmolLM2's vocabulary has no free slot (49152 = the checkpoint's size); nanoVLM-style, one of its rarely
+# used special tokens stands in for the image token.
+SMOLLM2_IMAGE_TOKENS = ("<|image|>", "<filename>", "<gh_stars>", "<issue_start>")
+
+
+@lru_cache(maxsize=16384)
+def _image_uint8(path: str, size: int) -> np.ndarray:
+    """Decoded, resized image as HxWx3 uint8; cached because VQA sets ask many questions per image."""
+    return np.asarray(load_image(path).resize((size, size), resample=3))  # 3 = bicubic
+
+
+def image_tensor(ref: Any, size: int) -> torch.Tensor:
+    """(3, size, size) float in [-1, 1] (SigLIP normalization: mean 0.5, std 0.5)."""
+    if isinstance(ref, (str, Path)):
+        arr = _image_uint8(str(ref), size)
+    else:
+        arr = np.asarray(load_image(ref).resize((size, size), resample=3))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+class NanoVLMAdapter:
+    architecture = "nanovlm"
+
+    def __init__(self, model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase, preset: str = "tiny",
+                 max_length: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preset = preset
+        self.max_length = max_length
+        self.cfg: VLMConfig = model.cfg
+
+    # construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, preset: str = "tiny", train_samples: Sequence[Sample] | None = None,
+               tokenizer_path: str | None = None, lm_weights: str | None = None,
+               vision_weights: str | None = None, **overrides) -> "NanoVLMAdapter":
+        """A new model from a preset. `tiny` builds its word tokenizer from the training texts; the
+        SmolLM2-based presets use the SmolLM2 tokenizer (and weights, when given or fetched)."""
+        from nanovlm import weights
+
+        if preset == "tiny":
+            if not train_samples:
+                raise UserError("--preset tiny: needs training samples to build its tokenizer")
+            texts = [s.prompt for s in train_samples] + [t for s in train_samples for t in s.targets]
+            tokenizer = build_word_tokenizer(texts)
+            image_token = IMAGE
+        else:
+            source = tokenizer_path or lm_weights or str(weights.smollm2_cache_dir())
+            tokenizer = _load_tokenizer(source)
+            image_token = next((t for t in SMOLLM2_IMAGE_TOKENS if t in tokenizer.get_vocab()), None)
+            if image_token is None:
+                raise UserError(f"{source}: tokenizer has none of {SMOLLM2_IMAGE_TOKENS} to use as image token")
+        cfg = VLMConfig.preset(preset, **overrides)
+        if preset == "tiny":
+            cfg.lm_vocab_size = len(tokenizer)
+        cfg.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        cfg.eos_token_id = tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = VisionLanguageModel(cfg)
+        if preset != "tiny":
+            weights.load_smollm2(model.decoder, lm_weights or str(weights.smollm2_cache_dir()))
+        if vision_weights:
+            weights.load_siglip_vision(model.vision_encoder, vision_weights)
+        return cls(model, tokenizer, preset)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NanoVLMAdapter":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path}: not a nanoVLM checkpoint (no config.json)")
+        model = VisionLanguageModel.from_pretrained(str(path))
+        tokenizer = _load_tokenizer(str(path))
+        meta = json.loads((path / ADAPTER_FILE).read_text()) if (path / ADAPTER_FILE).exists() else {}
+        return cls(model, tokenizer, meta.get("preset", "tiny"), meta.get("max_length", 256))
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(directory))
+        self.tokenizer.save_pretrained(str(directory))
+        (directory / ADAPTER_FILE).write_text(json.dumps(
+            {"architecture": self.architecture, "preset": self.preset, "max_length": self.max_length}))
+
+    # data -------------------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def preprocess(self, sample: Sample, train: bool) -> dict[str, Any]:
+        prompt = [self.cfg.image_token_id] * self.cfg.mp_image_token_length + self._ids(sample.prompt)
+        item = {"id": sample.id, "pixel_values": image_tensor(sample.image, self.cfg.vit_img_size)}
+        if train:
+            target = sample.meta.get("train_target", sample.targets[0])
+            answer = self._ids(" " + target) + [self.cfg.eos_token_id]
+            ids = (prompt + answer)[: self.max_length]
+            item["input_ids"] = ids
+            item["labels"] = ([-100] * len(prompt) + answer)[: self.max_length]
+        else:
+            item["input_ids"] = prompt[: self.max_length]
+        return item
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Right padding for training (labels present), left padding for generation."""
+        train = "labels" in items[0]
+        width = max(len(it["input_ids"]) for it in items)
+        pad = self.cfg.pad_token_id
+        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(items), width), dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long) if train else None
+        for row, it in enumerate(items):
+            n = len(it["input_ids"])
+            cols = slice(0, n) if train else slice(width - n, width)
+            input_ids[row, cols] = torch.tensor(it["input_ids"])
+            attention[row, cols] = 1
+            if train:
+                labels[row, cols] = torch.tensor(it["labels"])
+        batch = {"ids": [it["id"] for it in items], "input_ids": input_ids, "attention_mask": attention,
+                 "images": torch.stack([it["pixel_values"] for it in items])}
+        if train:
+            batch["labels"] = labels
+        return batch
+
+    # compute ----------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        _, loss = self.model(batch["input_ids"], batch["images"], batch["attention_mask"], batch["labels"])
+        return loss
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 16) -> list[str]:
+        model = getattr(self.model, "module", self.model)
+        out = model.generate(batch["input_ids"], batch["images"], batch["attention_mask"],
+                             max_new_tokens=max_new_tokens, eos_token_id=self.cfg.eos_token_id)
+        texts = []
+        for row in out.tolist():
+            if self.cfg.eos_token_id in row:
+                row = row[: row.index(self.cfg.eos_token_id)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    def tokens_per_modality(self, batch: dict[str, Any]) -> dict[str, int]:
+        b = batch["images"].shape[0]
+        patches = (self.cfg.vit_img_size // self.cfg.vit_patch_size) ** 2
+        return {"vision": b * patches, "projector": b * self.cfg.mp_image_token_length,
+                "language": int(batch["attention_mask"].sum())}
+
+
+def _load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as e:  # noqa: BLE001 - any loader failure is a bad path from the user's side
+        raise UserError(f"{source}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})") from None

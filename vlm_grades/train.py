@@ -1,0 +1,335 @@
+"""The one training loop: accelerate for devices, mixed precision, processes and trackers; GradES watching.
+
+Order inside an optimizer step (the engine contract of docs/DESIGN): micro-batch backward passes,
+gradient clipping, `grades.observe`, optimizer step, `grades.update`, then the stop check.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vlm_grades.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vlm_grades.components import build_registry
+from vlm_grades.config import MODALITIES, TrainConfig
+from vlm_grades.errors import UserError
+from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
+from vlm_grades.run_folder import RunFolder
+from vlm_grades.sampler import ResumableSampler
+from vlm_grades.models import build_adapter
+from vlm_grades.train_data import TrainDataset, load_split
+
+
+@dataclass
+class LoopState:
+    step: int = 0            # optimizer steps done
+    epoch: int = 0
+    position: int = 0        # samples of this rank's share consumed in the current epoch
+    wall: float = 0.0        # seconds of training so far (over resumes)
+    stop_reason: str | None = None
+    classic: dict[str, Any] = field(default_factory=lambda: {"best": math.inf, "bad": 0, "best_step": 0})
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run: RunFolder, accelerator: Accelerator, resume_from: Path | None):
+        self.cfg, self.run, self.acc = cfg, run, accelerator
+        self.main = accelerator.is_main_process
+        self.state = LoopState()
+        set_seed(cfg.seed)
+
+        self.train_samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
+        self.val_samples = load_split(cfg, cfg.val_split, cfg.val_max_samples, "validation") \
+            if cfg.val_split and cfg.stopping == "classic" else []
+        if cfg.stopping == "classic" and not self.val_samples:
+            raise UserError("--stopping classic: needs validation data (--val-split)")
+        self.adapter = build_adapter(cfg, self.train_samples)
+        self.module = self.adapter.model.to(accelerator.device)
+        self.registry = build_registry(self.module, self.adapter.architecture)
+        self.modality_params = self.registry.modality_parameters(self.module)
+        for modality in cfg.freeze:
+            for _, p in self.modality_params[modality]:
+                p.requires_grad_(False)
+
+        lrs = {"vision": cfg.lr_vision, "projector": cfg.lr_projector, "language": cfg.lr_language}
+        self.optimizer = build_optimizer(self.modality_params, lrs, cfg.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
+        self.grades = self._build_grades() if cfg.stopping == "grades" else None
+
+        self.dataset = TrainDataset(self.train_samples, self.adapter, cfg.seed)
+        self.sampler = ResumableSampler(len(self.dataset), cfg.seed, accelerator.process_index,
+                                        accelerator.num_processes)
+        per_step = cfg.batch_size * cfg.grad_accum
+        if len(self.sampler) < per_step:
+            raise UserError(f"--batch-size: {cfg.batch_size} x {cfg.grad_accum} accumulation is larger than "
+                            f"the {len(self.train_samples)} training samples")
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.model = self._wrap()
+
+    # setup --------------------------------------------------------------------------------------
+    def _build_grades(self):
+        from vlm_grades.grades import GradES, GradESConfig
+
+        config = GradESConfig.from_dict(self.cfg.grades)
+        writer = self.run.append if self.main else None
+        return GradES(self.module, self.registry, config, optimizer=self.optimizer, total_steps=self.cfg.steps,
+                      writer=writer)
+
+    def _wrap(self):
+        """DDP over the parameters that still train; re-wrapped whenever GradES freezes some, so buckets
+        never wait for gradients that will not come (no find_unused_parameters, no static graph)."""
+        self._trainable = sum(p.requires_grad for p in self.module.parameters())
+        if self.acc.num_processes == 1:
+            return self.module
+        device_ids = [self.acc.device.index] if self.acc.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids,
+                                                         broadcast_buffers=False)
+
+    def _restore(self, path: Path) -> None:
+        parts, trainer_state = load_checkpoint(path)
+        self.module.load_state_dict(parts["model"])
+        if self.grades is not None and parts.get("grades") is not None:
+            self.grades.load_state_dict(parts["grades"])  # re-freezes before the optimizer state comes back
+        self.optimizer.load_state_dict(parts["optimizer"])
+        self.scheduler.load_state_dict(parts["scheduler"])
+        rng = parts["rng"]
+        set_rng_state(rng[self.acc.process_index] if isinstance(rng, list) else rng)
+        s = trainer_state["loop"]
+        self.state = LoopState(**s)
+        if self.main:
+            self.run.truncate_after(self.state.step)
+            print(f"resumed from {path} at step {self.state.step}")
+
+    # loop ---------------------------------------------------------------------------------------
+    def _batches(self):
+        """Yields batches forever, advancing epochs; tracks the position for resume."""
+        cfg = self.cfg
+        while True:
+            self.sampler.set_epoch(self.state.epoch, self.state.position)
+            self.dataset.set_epoch(self.state.epoch)
+            loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
+                                collate_fn=self.adapter.collate, num_workers=cfg.num_workers, drop_last=True,
+                                persistent_workers=False)
+            for batch in loader:
+                self.state.position += cfg.batch_size
+                yield batch
+            self.state.epoch += 1
+            self.state.position = 0
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _micro_step(self, batch: dict[str, Any], sync: bool) -> float:
+        ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else _nullcontext()
+        with ctx, self.acc.autocast():
+            loss = self._loss(batch)
+            self.acc.backward(loss / self.cfg.grad_accum)
+        return float(loss.detach())
+
+    def _loss(self, batch):
+        if self.model is self.module:
+            return self.adapter.loss(batch)
+        # under DDP the forward must go through the wrapper so its hooks see it
+        original, self.adapter.model = self.adapter.model, self.model
+        try:
+            return self.adapter.loss(batch)
+        finally:
+            self.adapter.model = original
+
+    def fit(self) -> LoopState:
+        cfg, state = self.cfg, self.state
+        if self.main:
+            self.run.append("events", {"type": "start", "step": state.step, "time": time.time(),
+                                       "total_steps": cfg.steps, "resumed_from": state.step or None})
+        batches = self._batches()
+        bar = tqdm(total=cfg.steps, initial=state.step, disable=not (cfg.progress and self.main),
+                   desc="train", unit="step", dynamic_ncols=True)
+        self.module.train()
+        while state.step < cfg.steps and state.stop_reason is None:
+            t0 = time.perf_counter()
+            losses, tokens = [], {m: 0 for m in MODALITIES}
+            for micro in range(cfg.grad_accum):
+                batch = self._to_device(next(batches))
+                for m, n in self.adapter.tokens_per_modality(batch).items():
+                    tokens[m] += n * self.acc.num_processes
+                losses.append(self._micro_step(batch, sync=micro == cfg.grad_accum - 1))
+            grads = [p for p in self.module.parameters() if p.grad is not None]
+            if cfg.clip and grads:
+                torch.nn.utils.clip_grad_norm_(grads, cfg.clip)
+            state.step += 1
+            if self.grades is not None:
+                self.grades.observe(state.step)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.grades is not None:
+                self.grades.update(state.step)
+                if sum(p.requires_grad for p in self.module.parameters()) != self._trainable:
+                    self.model = self._wrap()
+                if self.grades.should_stop:
+                    state.stop_reason = self.grades.stop_reason or "all components frozen"
+            loss = sum(losses) / len(losses)
+            if not math.isfinite(loss):
+                state.stop_reason = f"non-finite training loss at step {state.step}"
+            step_time = time.perf_counter() - t0
+            state.wall += step_time
+            self._log(loss, step_time, tokens, bar)
+            if cfg.stopping == "classic" and state.step % cfg.classic_every == 0:
+                self._classic_check()
+            if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and state.stop_reason is None:
+                self.checkpoint()
+        bar.close()
+        if cfg.stopping == "classic" and getattr(self, "_best", None) is not None:
+            self.module.load_state_dict(self._best)
+            if self.main:
+                self.run.append("events", {"type": "restore", "step": state.step,
+                                           "best_step": state.classic["best_step"]})
+        state.stop_reason = state.stop_reason or "planned steps done"
+        if self.main:
+            self.run.append("events", {"type": "stop", "step": state.step, "reason": state.stop_reason})
+        return state
+
+    def _log(self, loss: float, step_time: float, tokens: dict[str, int], bar) -> None:
+        frozen = self.grades.frozen_fraction() if self.grades is not None else {m: 0.0 for m in MODALITIES}
+        state = self.state
+        record = {"step": state.step, "epoch": state.epoch + state.position / max(1, len(self.sampler)),
+                  "loss": loss, "lr": current_lrs(self.optimizer), "step_time": step_time, "wall": state.wall,
+                  "tokens": tokens, "frozen": frozen}
+        if self.main:
+            self.run.append("metrics", record)
+            if self.cfg.report_to and state.step % self.cfg.log_every == 0:
+                flat = {"train/loss": loss, "train/step_time": step_time}
+                flat.update({f"lr/{k}": v for k, v in record["lr"].items()})
+                flat.update({f"frozen/{k}": v for k, v in frozen.items()})
+                self.acc.log(flat, step=state.step)
+        bar.update(1)
+        bar.set_postfix_str(f"loss {loss:.3f} | {step_time * 1000:.0f} ms/step | frozen "
+                            + " ".join(f"{m[0].upper()} {frozen.get(m, 0):.0%}" for m in MODALITIES), refresh=False)
+
+    # classic early stopping ---------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        self.module.eval()
+        total, count = 0.0, 0
+        bs = self.cfg.eval_batch_size
+        for start in range(0, len(self.val_samples), bs):
+            items = [self.adapter.preprocess(s, train=True) for s in self.val_samples[start:start + bs]]
+            batch = self._to_device(self.adapter.collate(items))
+            with self.acc.autocast():
+                total += float(self.adapter.loss(batch)) * len(items)
+            count += len(items)
+        self.module.train()
+        return total / max(1, count)
+
+    def _classic_check(self) -> None:
+        value = self.validation_loss()
+        c = self.state.classic
+        improved = value < c["best"] - self.cfg.classic_min_delta
+        if improved:
+            c.update(best=value, bad=0, best_step=self.state.step)
+            self._best = copy.deepcopy({k: v.detach().cpu() for k, v in self.module.state_dict().items()})
+        else:
+            c["bad"] += 1
+            if c["bad"] >= self.cfg.classic_patience:
+                self.state.stop_reason = (f"validation loss did not improve for {c['bad']} checks "
+                                          f"(best {c['best']:.4f} at step {c['best_step']})")
+        if self.main:
+            self.run.append("events", {"type": "validation", "step": self.state.step, "loss": value,
+                                       "best": c["best"], "improved": improved})
+
+    # checkpoints --------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        rngs = gather_object([rng_state()]) if self.acc.num_processes > 1 else [rng_state()]
+        if self.main:
+            parts = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(),
+                     "grades": self.grades.state_dict() if self.grades is not None else None, "rng": rngs}
+            loop = dict(vars(self.state))
+            path = save_checkpoint(self.run.checkpoints, self.state.step, parts, {"loop": loop},
+                                   self.cfg.keep_checkpoints)
+            self.run.append("events", {"type": "checkpoint", "step": self.state.step,
+                                       "path": str(path.relative_to(self.run.path))})
+        self.acc.wait_for_everyone()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Runs `vlm-grades train`; returns the summary (steps, stop reason, wall time, score)."""
+    if cfg.mixed_precision == "fp16":
+        raise UserError("--mixed-precision fp16: not supported (needs loss scaling); use bf16")
+    cfg.out = cfg.out or default_run_name(cfg)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to or None,
+                              project_dir=cfg.out)
+    run, resume_from = open_run_folder(cfg, resume, accelerator)
+    trainer = Trainer(cfg, run, accelerator, resume_from)
+    if accelerator.is_main_process:
+        run.write_json("components.json", trainer.registry.to_json(trainer.module))
+        (run.path / "config.yaml").write_text(cfg.to_yaml())
+        if cfg.report_to:
+            accelerator.init_trackers(run.path.name, config={k: v for k, v in cfg.to_dict().items()
+                                                            if isinstance(v, (int, float, str, bool))})
+    accelerator.wait_for_everyone()
+    state = trainer.fit()
+    summary: dict[str, Any] = {"run": str(run.path), "steps": state.step, "planned_steps": cfg.steps,
+                               "stop_reason": state.stop_reason, "wall_time": state.wall}
+    if trainer.grades is not None:
+        summary["frozen"] = trainer.grades.frozen_fraction()
+    if accelerator.is_main_process:
+        trainer.adapter.save(run.final)
+        if cfg.eval_split:
+            summary["eval"] = evaluate_held_out(cfg, trainer.adapter, run, state.step)
+        run.append("events", {"type": "end", "step": state.step, "wall_time": state.wall,
+                              "stop_reason": state.stop_reason})
+        run.write_json("summary.json", summary)
+    accelerator.wait_for_everyone()
+    if cfg.report_to:
+        accelerator.end_training()
+    return summary
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return str(Path("runs") / f"{cfg.model.replace('.', '')}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) -> tuple[RunFolder, Path | None]:
+    """A new, empty run folder; or, with resume, the existing one and its newest complete checkpoint."""
+    path = Path(cfg.out)
+    if resume:
+        if not (path / "config.yaml").exists():
+            raise UserError(f"--resume: {path} is not a run folder (no config.yaml)")
+        checkpoint = latest_checkpoint(path / "checkpoints")
+        if checkpoint is None:
+            raise UserError(f"--resume: {path} has no complete checkpoint to resume from")
+        return RunFolder(path), checkpoint
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"--out {path}: folder exists and is not empty (use --resume to continue that run)")
+    return RunFolder(path, create=True), None
+
+
+def evaluate_held_out(cfg: TrainConfig, adapter, run: RunFolder, step: int) -> dict[str, Any]:
+    """Scores the trained model on the held-out split with the same code as `vlm-grades eval`."""
+    from eval.runner import evaluate
+
+    samples = load_split(cfg, cfg.eval_split, cfg.eval_max_samples, "evaluation", data=cfg.eval_data or cfg.data)
+    adapter.model.eval()
+    result = evaluate(adapter, samples, cfg.task, run.path / "eval", batch_size=cfg.eval_batch_size,
+                      max_new_tokens=cfg.max_new_tokens, progress=cfg.progress)
+    run.append("events", {"type": "eval", "step": step, "task": cfg.task, "split": cfg.eval_split,
+                          "score": result.get("score"), "metrics": result})
+    return result
