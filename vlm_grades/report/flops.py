@@ -1,0 +1,102 @@
+"""Training FLOPs saved by freezing, against the same run without freezing.
+
+The model (also printed in every report, see FLOP_MODEL):
+- a matrix with n parameters processing r rows per step costs 2nr forward, 2nr input-gradient and 2nr
+  weight-gradient FLOPs, plus ~10n for its AdamW update;
+- a modality's baseline cost per step is 6 P r + 10 P, with P all of its parameters (norms and embeddings
+  counted like matrices) and r its rows that step (metrics.jsonl `tokens`);
+- a matrix frozen at step f saves 2nr + 10n on every later step (f+1 on);
+- a modality finalized at step g skips its whole backward and update: 4 P r + 10 P on every later step,
+  which replaces (never adds to) the savings of its frozen matrices;
+- a run that stopped before its planned steps (`total_steps` of the start event) also saves the baseline
+  cost of the steps it never ran, at the mean rows per step it did run.
+Steps without a metrics line take the rows of the next logged step (the line stands for the steps since the
+previous one), or of the last one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vlm_grades.report.run_data import RunData, num
+
+FWD, BWD_INPUT, BWD_WEIGHT, OPTIMIZER = 2, 2, 2, 10
+
+FLOP_MODEL = (
+    "FLOP model: a matrix of n parameters processing r rows costs 2nr forward + 2nr input-gradient + "
+    "2nr weight-gradient FLOPs per step, plus ~10n for its AdamW update; the baseline (no freezing) costs "
+    "6Pr + 10P per step for a modality of P parameters (every parameter counted as a matrix) and r rows "
+    "(metrics.jsonl tokens). A matrix frozen at step f saves 2nr + 10n from step f+1; a modality finalized "
+    "at step g saves its whole backward and update, 4Pr + 10P, from step g+1 (each matrix counted once). "
+    "'vs. planned' adds the baseline cost of the planned steps (start event total_steps) never run, at the "
+    "mean rows per step of the steps run."
+)
+
+
+def rows_per_step(run: RunData, modality: str, last_step: int) -> np.ndarray:
+    """rows[s-1] = rows processed by `modality` at optimizer step s, for s = 1..last_step."""
+    rows = np.zeros(last_step, dtype=np.float64)
+    logged = [(int(m["step"]), num((m.get("tokens") or {}).get(modality, 0))) for m in run.metrics
+              if 1 <= int(m["step"]) <= last_step]
+    logged = [(s, r if np.isfinite(r) else 0.0) for s, r in logged]
+    prev = 0
+    for step, r in logged:
+        rows[prev:step] = r
+        prev = step
+    if logged and prev < last_step:
+        rows[prev:] = logged[-1][1]
+    return rows
+
+
+def _saved_after(step: int, per_step: np.ndarray) -> float:
+    """Sum of per_step over the steps after `step` (step f saves from f+1)."""
+    return float(per_step[max(step, 0):].sum())
+
+
+def estimate(run: RunData) -> dict:
+    last = run.last_step
+    planned = run.total_steps
+    finished = run.ended or run.last_event("stop") is not None
+    remaining = max(planned - last, 0) if (planned and finished) else None  # unknown while running
+    out: dict = {"model": FLOP_MODEL, "steps_run": last, "planned_steps": planned,
+                 "remaining_steps": remaining, "modalities": {}}
+    tot = {"baseline": 0.0, "saved": 0.0, "baseline_planned": 0.0, "saved_planned": 0.0}
+    for modality in run.modalities:
+        P = run.modality_parameters(modality)
+        rows = rows_per_step(run, modality, last)
+        baseline_step = (FWD + BWD_INPUT + BWD_WEIGHT) * P * rows + OPTIMIZER * P
+        fin = run.finalize_steps.get(modality)
+        end = min(fin, last) if fin is not None else last  # matrix savings stop where finalization takes over
+        saved = 0.0
+        for c in run.components_of(modality):
+            f = run.freeze_steps.get(c.name)
+            if f is None or f >= end:
+                continue
+            saved += float((BWD_WEIGHT * c.numel * rows[f:end] + OPTIMIZER * c.numel).sum())
+        if fin is not None and fin < last:
+            saved += _saved_after(fin, (BWD_INPUT + BWD_WEIGHT) * P * rows + OPTIMIZER * P)
+        baseline = float(baseline_step.sum())
+        entry = {"parameters": P, "rows": float(rows.sum()), "baseline": baseline, "saved": saved,
+                 "actual": baseline - saved, "saved_fraction": saved / baseline if baseline else None}
+        if remaining is not None:
+            mean_step = baseline / last if last else 0.0
+            entry["baseline_planned"] = baseline + remaining * mean_step
+            entry["saved_planned"] = saved + remaining * mean_step
+            entry["saved_planned_fraction"] = (entry["saved_planned"] / entry["baseline_planned"]
+                                               if entry["baseline_planned"] else None)
+            tot["baseline_planned"] += entry["baseline_planned"]
+            tot["saved_planned"] += entry["saved_planned"]
+        else:
+            entry.update(baseline_planned=None, saved_planned=None, saved_planned_fraction=None)
+        tot["baseline"] += baseline
+        tot["saved"] += saved
+        out["modalities"][modality] = entry
+    total = {"baseline": tot["baseline"], "saved": tot["saved"], "actual": tot["baseline"] - tot["saved"],
+             "saved_fraction": tot["saved"] / tot["baseline"] if tot["baseline"] else None}
+    if remaining is not None:
+        total.update(baseline_planned=tot["baseline_planned"], saved_planned=tot["saved_planned"],
+                     saved_planned_fraction=(tot["saved_planned"] / tot["baseline_planned"]
+                                             if tot["baseline_planned"] else None))
+    else:
+        total.update(baseline_planned=None, saved_planned=None, saved_planned_fraction=None)
+    out["total"] = total
+    return out
