@@ -182,6 +182,8 @@ def test_lora_trains_only_adapter_weights(ckpt):
 
 def test_lora_settings_validation():
     assert LoraSettings(targets="language+vision").targets == ("language", "vision")
+    assert LoraSettings(targets="both").targets == ("language", "vision")
+    assert LoraSettings(targets=("all",)).targets == ("vision", "projector", "language")
     for bad in (dict(rank=0), dict(dropout=1.5), dict(targets=("audio",)), dict(bias="some")):
         with pytest.raises(UserError):
             LoraSettings(**bad)

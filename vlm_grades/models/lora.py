@@ -15,6 +15,7 @@ from torch import nn
 from vlm_grades.errors import UserError
 
 MODALITIES = ("vision", "projector", "language")
+_ALIASES = {"both": ("language", "vision"), "all": ("vision", "projector", "language")}
 
 
 @dataclass
@@ -22,13 +23,18 @@ class LoraSettings:
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    targets: tuple[str, ...] = ("language",)   # modalities whose matrices get adapters: vision, projector, language
+    targets: tuple[str, ...] = ("language",)   # modalities with adapters: vision, projector, language (both, all)
     bias: str = "none"                         # PEFT bias mode: none | all | lora_only
 
     def __post_init__(self):
-        if isinstance(self.targets, str):
+        if isinstance(self.targets, str):   # "language", "language,vision", "language+vision", "both", "all"
             self.targets = tuple(t.strip() for t in self.targets.replace("+", ",").split(",") if t.strip())
-        self.targets = tuple(self.targets)
+        expanded: list[str] = []
+        for t in self.targets:
+            for m in _ALIASES.get(t, (t,)):
+                if m not in expanded:
+                    expanded.append(m)
+        self.targets = tuple(expanded)
         if self.rank < 1:
             raise UserError(f"--lora-rank: must be a positive integer, got {self.rank}")
         if self.alpha <= 0:
