@@ -1,0 +1,209 @@
+"""VQAv2: the official questions + annotations JSON with the COCO image folder, or a Hugging Face
+data set with the lmms-lab/VQAv2 columns (question_type, multiple_choice_answer, answers, image_id,
+answer_type, question_id, question, image).
+
+Training target: multiple_choice_answer (targets[0]); the ten human answers go to meta["answers"]
+for the official accuracy. Questions without annotations (test-dev) load with empty targets, for
+prediction only, when allow_unanswered is set.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterator
+
+from vlm_grades.data import hf
+from vlm_grades.data.files import find_file, pick_image_dir, read_json, require_key
+from vlm_grades.data.issues import Issues
+from vlm_grades.data.prompts import render
+from vlm_grades.data.schema import Sample
+from vlm_grades.errors import UserError
+
+RECORD = "question"
+HUB_ID = "lmms-lab/VQAv2"
+# user split -> (questions/annotations infix, image folder)
+SPLITS = {
+    "train": ("train2014", "train2014"), "val": ("val2014", "val2014"), "validation": ("val2014", "val2014"),
+    "test-dev": ("test-dev2015", "test2015"), "testdev": ("test-dev2015", "test2015"),
+    "test": ("test2015", "test2015"),
+}
+HUB_SPLITS = {"val": "validation", "val2014": "validation", "test-dev": "testdev", "test-dev2015": "testdev",
+              "test2015": "test", "train2014": "train"}
+EXPECTED = ("v2_OpenEnded_mscoco_{q}_questions.json (+ v2_mscoco_{q}_annotations.json) and an image folder "
+            "{img}/COCO_{img}_<image_id:012d>.jpg, or a Hugging Face save_to_disk folder / parquet files "
+            "with the lmms-lab/VQAv2 columns")
+
+
+def _infixes(split: str) -> tuple[str, str]:
+    if split in SPLITS:
+        return SPLITS[split]
+    return split, split.replace("test-dev", "test")   # e.g. "val2014", "test-dev2015"
+
+
+def expected(split: str) -> str:
+    q, img = _infixes(split)
+    return EXPECTED.format(q=q, img=img)
+
+
+def _answers(value) -> list[str] | None:
+    """The ten answers as strings (from [{answer, ...}] or [str]); None if malformed."""
+    if not isinstance(value, list):
+        return None
+    out = []
+    for a in value:
+        if isinstance(a, dict) and isinstance(a.get("answer"), str):
+            out.append(a["answer"])
+        elif isinstance(a, str):
+            out.append(a)
+        else:
+            return None
+    return out
+
+
+def _sample(qid, image, question: str, ann: dict | None, template: str) -> Sample:
+    meta = {"question_id": qid, "image_id": None, "question": question, "answers": [],
+            "answer_type": None, "question_type": None}
+    targets: list[str] = []
+    if ann is not None:
+        targets = [ann["multiple_choice_answer"]]
+        meta.update(answers=ann["answers"], answer_type=ann.get("answer_type"),
+                    question_type=ann.get("question_type"))
+    return Sample(id=str(qid), image=image, prompt=render(template, question), targets=targets,
+                  task="vqav2", meta=meta)
+
+
+# ---------------------------------------------------------------- official JSON
+
+def _index_annotations(path: Path, issues: Issues) -> tuple[dict, dict]:
+    """question_id -> cleaned annotation, and question_id -> why its annotation is unusable."""
+    anns = require_key(read_json(path), "annotations", path)
+    good, bad = {}, {}
+    for i, a in enumerate(anns):
+        qid = a.get("question_id") if isinstance(a, dict) else None
+        if qid is None:
+            issues.skip("missing field", f"missing field 'question_id' in annotation #{i}", path)
+            continue
+        missing = next((k for k in ("multiple_choice_answer", "answers") if a.get(k) is None), None)
+        if missing:
+            bad[qid] = ("missing field", f"missing field {missing!r} in annotation {qid}")
+            continue
+        answers = _answers(a["answers"])
+        if answers is None or not isinstance(a["multiple_choice_answer"], str):
+            bad[qid] = ("bad record", f"malformed answers in annotation {qid}")
+            continue
+        good[qid] = {**a, "answers": answers}
+    return good, bad
+
+
+def _image_name(img_folder: str, image_id: int) -> list[str]:
+    return [f"COCO_{img_folder}_{image_id:012d}.jpg", f"{image_id:012d}.jpg"]
+
+
+def load_official(questions_path: Path, split: str, issues: Issues, template: str, *, shuffle: bool, seed: int,
+                  allow_unanswered: bool, image_dir: str | None) -> Iterator[Sample]:
+    q_infix, img_folder = _infixes(split)
+    root = questions_path.parent
+    ann_path = find_file(root, [f"v2_mscoco_{q_infix}_annotations.json"]) or \
+        find_file(root.parent, [f"v2_mscoco_{q_infix}_annotations.json"])
+    if ann_path is None and not allow_unanswered:
+        raise UserError(f"{root}: v2_mscoco_{q_infix}_annotations.json not found next to {questions_path.name}; "
+                        f"pass allow_unanswered (--allow-unanswered) to load the questions for prediction only")
+    questions = require_key(read_json(questions_path), "questions", questions_path)
+    anns, bad = _index_annotations(ann_path, issues) if ann_path else ({}, {})
+
+    def path_in(folder: Path, q) -> Path | None:
+        image_id = q.get("image_id") if isinstance(q, dict) else None
+        if not isinstance(image_id, int):
+            return None
+        for name in _image_name(img_folder, image_id):
+            if (folder / name).is_file():
+                return folder / name
+        return None
+
+    if image_dir:
+        folders = [Path(image_dir), Path(image_dir) / img_folder]
+    else:
+        folders = [b / sub for b in (root, root.parent) for sub in
+                   (img_folder, f"images/{img_folder}", f"Images/{img_folder}", "images", "")]
+    folder = pick_image_dir(folders, questions[:20], path_in,
+                            f"{root}/{img_folder}/COCO_{img_folder}_<image_id:012d>.jpg")
+
+    order = list(range(len(questions)))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    for i in order:
+        q = questions[i]
+        qid = q.get("question_id") if isinstance(q, dict) else None
+        if qid is None:
+            issues.skip("missing field", f"missing field 'question_id' in question #{i}", questions_path)
+            continue
+        missing = next((k for k in ("image_id", "question") if q.get(k) is None), None)
+        if missing:
+            issues.skip("missing field", f"missing field {missing!r} in question {qid}", questions_path)
+            continue
+        ann = None
+        if ann_path is not None:
+            if qid in bad:
+                issues.skip(*bad[qid], ann_path)
+                continue
+            ann = anns.get(qid)
+            if ann is None:
+                issues.skip("no annotation", f"question {qid} has no annotation in {ann_path.name}", ann_path)
+                continue
+        image = path_in(folder, q) or folder / _image_name(img_folder, q["image_id"])[0]
+        sample = _sample(qid, image, q["question"], ann, template)
+        sample.meta["image_id"] = q["image_id"]
+        yield sample
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+def load_hf(source: str, split: str, issues: Issues, template: str, *, shuffle: bool, seed: int,
+            streaming: bool, allow_unanswered: bool, config: str | None = None) -> Iterator[Sample]:
+    ds = hf.open_source(source, hf.split_names(split, HUB_SPLITS.get(split)),
+                        config, streaming)
+    columns = set(getattr(ds, "column_names", None) or [])
+    if columns and not ({"question_id", "question", "image"} <= columns
+                        and columns & {"multiple_choice_answer", "answers"}):
+        raise UserError(f"{source}: not a VQAv2 data set: expected the lmms-lab/VQAv2 columns "
+                        f"(question_id, question, image, multiple_choice_answer, answers, ...), found "
+                        f"{', '.join(sorted(columns))}")
+    if shuffle:
+        ds = hf.shuffled(ds, seed)
+    for n, row in enumerate(ds):
+        qid = row.get("question_id")
+        if qid is None:
+            issues.skip("missing field", f"missing field 'question_id' in row {n}", source)
+            continue
+        if not row.get("question"):
+            issues.skip("missing field", f"missing field 'question' in question {qid}", source)
+            continue
+        image = hf.image_ref(row.get("image"))
+        if image is None:
+            issues.skip("missing image", f"missing image: no image in row of question {qid}", source)
+            continue
+        ann = None
+        mca, answers = row.get("multiple_choice_answer"), row.get("answers")
+        if mca or answers:
+            answers = _answers(answers)
+            if not mca or answers is None:
+                issues.skip("bad record", f"malformed answers in question {qid}", source)
+                continue
+            ann = {"multiple_choice_answer": mca, "answers": answers, "answer_type": row.get("answer_type"),
+                   "question_type": row.get("question_type")}
+        elif not allow_unanswered:
+            issues.skip("missing answer", f"question {qid} has no answers (pass allow_unanswered to load "
+                                          f"for prediction only)", source)
+            continue
+        sample = _sample(qid, image, row["question"], ann, template)
+        sample.meta["image_id"] = row.get("image_id")
+        yield sample
+
+
+# ---------------------------------------------------------------- dispatch
+
+def find_official(path: Path, split: str) -> Path | None:
+    if path.is_file():
+        return path if path.suffix == ".json" else None
+    q_infix, _ = _infixes(split)
+    return find_file(path, [f"v2_OpenEnded_mscoco_{q_infix}_questions.json"])
