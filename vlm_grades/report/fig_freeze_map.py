@@ -79,5 +79,6 @@ def render(run: RunData) -> bytes:
         cbar.set_label("freeze step")
         fig.legend(handles=[Patch(facecolor=NEVER, edgecolor="#777777", hatch="///", label="never frozen")],
                    loc="outside lower right", framealpha=0.9)
-        fig.suptitle(f"{title} (run ended at step {run.last_step})", fontsize=13)
+        state = "run ended at" if run.ended else "run in progress or interrupted, at"
+        fig.suptitle(f"{title} ({state} step {run.last_step})", fontsize=13)
         return to_png(fig)

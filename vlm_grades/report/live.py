@@ -14,9 +14,10 @@ from vlm_grades.report.run_data import RunData
 CLEAR = "\033[H\033[2J"
 
 
-def watch(path: str | Path, interval: float = 5.0, stream: TextIO = sys.stdout,
+def watch(path: str | Path, interval: float = 5.0, stream: TextIO | None = None,
           sleep: Callable[[float], None] = time.sleep, max_refreshes: int | None = None) -> int:
     """Print the table every `interval` seconds; returns 0 when the run ends (or on Ctrl-C)."""
+    stream = stream or sys.stdout
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: run folder does not exist")
