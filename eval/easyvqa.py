@@ -1,0 +1,90 @@
+"""easy-VQA accuracy: exact match overall and per answer kind (shape, color, yes/no).
+
+Question ids are the question's index in the easy-vqa package's list for its split (as the data
+reader numbers them). Predictions are stripped, lowercased and lose a trailing period unless `raw`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vlm_grades.errors import UserError
+
+TASK = "easyvqa"
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SPLITS = ("test", "train")
+
+
+def answer_kind(answer: str) -> str:
+    if answer in SHAPES:
+        return "shape"
+    if answer in COLORS:
+        return "color"
+    return "yes/no"
+
+
+def preprocess(prediction: str) -> str:
+    return prediction.strip().rstrip(".").strip().lower()
+
+
+def _mean100(values: list[float]) -> float:
+    return 100 * sum(values) / len(values) if values else 0.0
+
+
+def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
+          raw: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
+    per_sample: dict[str, float] = {}
+    kinds: dict[str, list[float]] = {}
+    for qid, ref in references.items():
+        pred = predictions[qid] if raw else preprocess(predictions[qid])
+        correct = 1.0 if pred == ref["answer"] else 0.0
+        per_sample[qid] = correct
+        kinds.setdefault(ref.get("kind") or answer_kind(ref["answer"]), []).append(correct)
+    summary = {"accuracy": _mean100(list(per_sample.values())),
+               "per_kind": {k: _mean100(v) for k, v in sorted(kinds.items())},
+               "n": len(per_sample),
+               "preprocessing": "raw" if raw else "strip trailing period, lowercase"}
+    return summary, per_sample
+
+
+def _from_rows(rows: list, name: str) -> dict[str, dict[str, Any]]:
+    refs = {}
+    for n, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) < 2 or not isinstance(row[1], str):
+            raise UserError(f"{name}: question {n} is not a [question, answer, image_id] list: "
+                            f"{json.dumps(row)[:80]}")
+        refs[str(n)] = {"answer": row[1], "kind": answer_kind(row[1])}
+    if not refs:
+        raise UserError(f"{name}: no questions")
+    return refs
+
+
+def read_references(path: str | None = None, split: str = "test") -> dict[str, dict[str, Any]]:
+    """The easy-vqa package's questions for `split` (default), or a questions JSON file in the
+    package's format: a list of [question, answer, image_id]."""
+    if path:
+        from eval.formats import read_json
+
+        data = read_json(path)
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list of [question, answer, image_id]")
+        return _from_rows(data, str(path))
+    if split not in SPLITS:
+        raise UserError(f"--split: the easy-vqa package has splits {', '.join(SPLITS)}, not {split!r}")
+    try:
+        import easy_vqa
+    except ImportError:
+        raise UserError("the easy-vqa package is not installed (pip install easy-vqa==1.0)") from None
+    questions, answers, image_ids = (easy_vqa.get_test_questions() if split == "test"
+                                     else easy_vqa.get_train_questions())
+    return _from_rows(list(zip(questions, answers, image_ids)), f"easy-vqa {split} split")
+
+
+def references_from_samples(samples) -> dict[str, dict[str, Any]]:
+    refs = {}
+    for s in samples:
+        if not s.targets:
+            raise UserError(f"easyvqa sample {s.id}: no answer to score against")
+        refs[s.id] = {"answer": s.targets[0], "kind": s.meta.get("answer_kind") or answer_kind(s.targets[0])}
+    return refs

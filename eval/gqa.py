@@ -1,0 +1,101 @@
+"""GQA accuracy as the official eval.py computes it: exact match over balanced questions, split into
+binary and open ("open" when the structural type is "query"), and per structural and semantic type.
+
+Predictions get the common preprocessing (LLaVA / lmms-eval: strip a trailing period, lowercase)
+unless `raw=True`, the official script's plain string comparison.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from vlm_grades.errors import UserError
+
+TASK = "gqa"
+
+
+def preprocess(prediction: str) -> str:
+    return prediction.strip().rstrip(".").strip().lower()
+
+
+def _mean100(values: list[float]) -> float:
+    return 100 * sum(values) / len(values) if values else 0.0
+
+
+def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
+          raw: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
+    """Over the balanced references (each must have a prediction). Returns (summary x100, {id: 0/1})."""
+    per_sample: dict[str, float] = {}
+    split: dict[str, list[float]] = {"binary": [], "open": []}
+    structural: dict[str, list[float]] = {}
+    semantic: dict[str, list[float]] = {}
+    for qid, ref in references.items():
+        if not ref["is_balanced"]:
+            continue
+        pred = predictions[qid] if raw else preprocess(predictions[qid])
+        correct = 1.0 if pred == ref["answer"] else 0.0
+        per_sample[qid] = correct
+        split["open" if ref["structural"] == "query" else "binary"].append(correct)
+        structural.setdefault(ref["structural"] or "unknown", []).append(correct)
+        semantic.setdefault(ref["semantic"] or "unknown", []).append(correct)
+    summary = {
+        "accuracy": _mean100(list(per_sample.values())),
+        "binary": _mean100(split["binary"]),
+        "open": _mean100(split["open"]),
+        "per_structural_type": {k: _mean100(v) for k, v in sorted(structural.items())},
+        "per_semantic_type": {k: _mean100(v) for k, v in sorted(semantic.items())},
+        "n": len(per_sample), "n_binary": len(split["binary"]), "n_open": len(split["open"]),
+        "unbalanced_skipped": sum(1 for r in references.values() if not r["is_balanced"]),
+        "preprocessing": "raw (official)" if raw else "strip trailing period, lowercase",
+    }
+    return summary, per_sample
+
+
+def balanced_ids(references: dict[str, dict]) -> set[str]:
+    return {k for k, r in references.items() if r["is_balanced"]}
+
+
+def _reference(row: dict, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict) or not isinstance(row.get("answer"), str):
+        raise UserError(f"{where}: no 'answer' string")
+    types = row.get("types") or {}
+    if not isinstance(types, dict):
+        raise UserError(f"{where}: 'types' is not an object")
+    balanced = row.get("isBalanced", row.get("is_balanced"))
+    return {"answer": row["answer"], "is_balanced": True if balanced is None else bool(balanced),
+            "structural": types.get("structural"), "semantic": types.get("semantic")}
+
+
+def read_references(path: str, split: str | None = None) -> dict[str, dict[str, Any]]:
+    """The official questions JSON ({question id: {answer, isBalanced, types, ...}}) or a Hugging Face
+    layout with the lmms-lab/GQA *_instructions columns (id, answer, isBalanced, types)."""
+    from eval.formats import is_table, key_of, read_json, read_table
+
+    refs: dict[str, dict[str, Any]] = {}
+    if is_table(path):
+        for i, row in enumerate(read_table(path, ["id", "answer", "isBalanced", "types"], split=split,
+                                           optional=("isBalanced", "types"))):
+            qid = key_of(row.get("id"), f"{path}: row {i}")
+            if qid in refs:
+                raise UserError(f"{path}: duplicate question id {qid}")
+            refs[qid] = _reference(row, f"{path}: question {qid}")
+    else:
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a GQA questions file (expected an object keyed by question id)")
+        for qid, row in data.items():
+            refs[key_of(qid, str(path))] = _reference(row, f"{path}: question {qid}")
+    if not refs:
+        raise UserError(f"{path}: no questions")
+    return refs
+
+
+def references_from_samples(samples) -> dict[str, dict[str, Any]]:
+    refs = {}
+    for s in samples:
+        if not s.targets:
+            raise UserError(f"gqa sample {s.id}: no answer to score against")
+        types = s.meta.get("types") or {}
+        balanced = s.meta.get("is_balanced")
+        refs[s.id] = {"answer": s.targets[0], "is_balanced": True if balanced is None else bool(balanced),
+                      "structural": types.get("structural"), "semantic": types.get("semantic")}
+    return refs

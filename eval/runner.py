@@ -1,0 +1,196 @@
+"""Scoring dispatch shared by `vlm-grades score` (files) and `evaluate` (a model over samples), and the
+evaluation runner the training loop calls at the end of training.
+
+evaluate(adapter, samples, task, out_dir) writes to out_dir:
+  <task>_predictions.json   the official result format
+  <task>_samples.jsonl      one line per sample: id, prompt, prediction, references, score (and correct)
+  <task>_scores.json        the scores (as returned)
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from eval import coco, easyvqa, formats, gqa, vqav2
+from vlm_grades.errors import UserError
+
+TASKS = ("vqav2", "gqa", "coco", "easyvqa")
+MODULES = {"vqav2": vqav2, "gqa": gqa, "coco": coco, "easyvqa": easyvqa}
+HEADLINE = {"vqav2": "accuracy", "gqa": "accuracy", "coco": "CIDEr", "easyvqa": "accuracy"}
+MAX_NEW_TOKENS = {"vqav2": 16, "gqa": 16, "coco": 64, "easyvqa": 8}
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise UserError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
+
+
+def score_predictions(task: str, predictions: dict[str, str], references: dict[str, Any], *,
+                      partial: bool = False, pred_name: str = "predictions", ref_name: str = "references",
+                      lenient: bool = False, raw: bool = False, spice: bool | None = None,
+                      spice_corenlp: str | None = None, log: Callable[[str], None] | None = None
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Align ids, then score with the task's metric. Returns (result, per-sample scores).
+    result: {task, score (the headline metric), metric, metrics (the task's summary), coverage}."""
+    _check_task(task)
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    required = gqa.balanced_ids(references) if task == "gqa" else references
+    kept, coverage = formats.align(predictions, references, required, pred_name, ref_name, partial)
+    if coverage["missing_predictions"] or coverage["unknown_predictions"]:
+        log(f"--partial: scoring {coverage['scored']} ids; {coverage['missing_predictions']} of "
+            f"{ref_name} have no prediction, {coverage['unknown_predictions']} predictions are not in it")
+    refs = {k: r for k, r in references.items()
+            if k in kept or (task == "gqa" and not r["is_balanced"])}  # gqa counts the unbalanced it skips
+    if task == "vqav2":
+        metrics, per_sample = vqav2.score(kept, refs, lenient=lenient)
+    elif task == "gqa":
+        metrics, per_sample = gqa.score(kept, refs, raw=raw)
+    elif task == "easyvqa":
+        metrics, per_sample = easyvqa.score(kept, refs, raw=raw)
+    else:
+        metrics, per_sample = coco.score(kept, refs, spice=spice, spice_corenlp=spice_corenlp, log=log)
+    result = {"task": task, "metric": HEADLINE[task], "score": metrics[HEADLINE[task]],
+              "n": metrics["n"], "metrics": metrics, "coverage": coverage}
+    return result, per_sample
+
+
+def references_from_samples(task: str, samples: list) -> dict[str, Any]:
+    _check_task(task)
+    if task != "coco":
+        ids = [s.id for s in samples]
+        if len(set(ids)) != len(ids):
+            raise UserError(f"{task} samples: duplicate sample ids")
+    return MODULES[task].references_from_samples(samples)
+
+
+def sample_key(task: str, sample) -> str:
+    return coco.sample_key(sample) if task == "coco" else str(sample.id)
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+class _Preprocessed:
+    """Map-style dataset: per-sample preprocessing runs in DataLoader workers."""
+
+    def __init__(self, adapter, samples):
+        self.adapter, self.samples = adapter, samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.adapter.preprocess(self.samples[i], train=False)
+
+
+def generate(adapter, samples: list, batch_size: int = 16, max_new_tokens: int = 16, num_workers: int = 0,
+             progress: bool = True, desc: str = "eval") -> list[str]:
+    """Batched greedy generation in sample order, with a progress bar showing samples/s."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    loader = DataLoader(_Preprocessed(adapter, samples), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=adapter.collate)
+    model = getattr(adapter, "model", None)
+    was_training = bool(getattr(model, "training", False))
+    if model is not None:
+        model.eval()
+    outputs: list[str] = []
+    bar = tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                texts = adapter.generate(batch, max_new_tokens)
+                expected = min(batch_size, len(samples) - len(outputs))
+                if len(texts) != expected:
+                    raise RuntimeError(f"adapter.generate returned {len(texts)} answers for a batch of {expected}")
+                outputs.extend(str(t) for t in texts)
+                bar.update(len(texts))
+    finally:
+        bar.close()
+        if model is not None and was_training:
+            model.train()
+    return outputs
+
+
+def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size: int = 16,
+             max_new_tokens: int | None = None, num_workers: int = 0, progress: bool = True,
+             **score_options) -> dict[str, Any]:
+    """Generate answers for `samples`, write them in the official format, score them (the same metric
+    functions as `vlm-grades score`). score_options: lenient (vqav2), raw (gqa, easyvqa), spice,
+    spice_corenlp (coco). Returns the scores dict, also written to <task>_scores.json."""
+    _check_task(task)
+    if not samples:
+        raise UserError(f"{task}: no samples to evaluate")
+    references = references_from_samples(task, samples)  # validate before spending time generating
+    max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[task]
+    start = time.perf_counter()
+    texts = generate(adapter, samples, batch_size, max_new_tokens, num_workers, progress, desc=f"eval {task}")
+    seconds = time.perf_counter() - start
+    keys = [sample_key(task, s) for s in samples]
+    predictions = dict(zip(keys, texts))
+
+    result, per_sample = score_predictions(task, predictions, references, pred_name=f"{task} generation",
+                                           ref_name=f"{task} samples", **score_options)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"predictions": out / f"{task}_predictions.json", "samples": out / f"{task}_samples.jsonl",
+             "scores": out / f"{task}_scores.json"}
+    formats.write_predictions(task, predictions, files["predictions"])
+    with open(files["samples"], "w") as f:
+        for s, k, text in zip(samples, keys, texts):
+            f.write(json.dumps(_sample_record(task, s, k, text, references, per_sample), ensure_ascii=False) + "\n")
+    result["generation"] = {"samples": len(samples), "seconds": round(seconds, 3),
+                            "samples_per_s": round(len(samples) / seconds, 3) if seconds > 0 else None,
+                            "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    result["files"] = {k: str(v) for k, v in files.items()}
+    from vlm_grades.run_folder import write_json_atomic
+
+    write_json_atomic(files["scores"], result)
+    return result
+
+
+def _sample_record(task, sample, key, text, references, per_sample) -> dict[str, Any]:
+    ref = references[key]
+    refs = ref if task == "coco" else ref["answers"] if task == "vqav2" else [ref["answer"]]
+    record = {"id": sample.id, "prompt": sample.prompt, "prediction": text, "references": refs,
+              "score": per_sample.get(key)}
+    if task in ("gqa", "easyvqa") and key in per_sample:
+        record["correct"] = per_sample[key] == 1.0
+    if task == "vqav2":
+        record["correct"] = per_sample.get(key) == 1.0
+    return record
+
+
+# --- display --------------------------------------------------------------------------------------
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain two-column table of a score_predictions/evaluate result."""
+    m = result["metrics"]
+    rows: list[tuple[str, str]] = [("task", result["task"]), ("scored", str(result["n"]))]
+
+    def add(name, value, indent=0):
+        rows.append(("  " * indent + name, f"{value:.2f}" if isinstance(value, float) else str(value)))
+
+    task = result["task"]
+    if task == "coco":
+        for name in coco.METRICS + ("SPICE",):
+            if name in m:
+                add(name, m[name])
+    else:
+        add("accuracy", m["accuracy"])
+        if task == "gqa":
+            add(f"binary ({m['n_binary']})", m["binary"])
+            add(f"open ({m['n_open']})", m["open"])
+        groups = {"vqav2": ["per_answer_type", "per_question_type"],
+                  "gqa": ["per_structural_type", "per_semantic_type"], "easyvqa": ["per_kind"]}[task]
+        for g in groups:
+            rows.append((g.replace("_", " "), ""))
+            for k, v in m[g].items():
+                add(k, v, indent=1)
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a.ljust(width)}  {b}".rstrip() for a, b in rows)

@@ -1,0 +1,141 @@
+"""The evaluation runner with a tiny fake adapter (the metrics themselves are real): batching, files in
+the official formats, per-sample JSONL, and the same scores as `vlm-grades score` on the written files."""
+import json
+
+import pytest
+import torch
+
+from eval import formats, runner
+from vlm_grades.data.schema import Sample
+from vlm_grades.errors import UserError
+
+
+class FakeAdapter:
+    """Answers from a lookup table keyed by prompt; records batch sizes."""
+    architecture = "fake"
+
+    def __init__(self, answers, short=False):
+        self.answers, self.short = answers, short
+        self.model = torch.nn.Linear(2, 2)
+        self.batches, self.modes = [], []
+
+    def preprocess(self, sample, train=False):
+        assert train is False
+        return {"prompt": sample.prompt}
+
+    def collate(self, items):
+        return {"prompts": [i["prompt"] for i in items]}
+
+    def generate(self, batch, max_new_tokens):
+        self.batches.append(len(batch["prompts"]))
+        self.modes.append((self.model.training, torch.is_grad_enabled()))
+        out = [self.answers[p] for p in batch["prompts"]]
+        return out[:-1] if self.short else out
+
+
+def _vqa_samples():
+    rows = [("1", ["yes"] * 10, "yes/no", "is the", "yes"),
+            ("2", ["2"] * 2 + ["3"] * 8, "number", "how many", "two"),
+            ("3", ["red"] * 10, "other", "what color", "blue"),
+            ("4", ["1"] * 10, "number", "how many", "1"),
+            ("5", ["dog"] * 9 + ["puppy"], "other", "what is", "A dog.")]
+    samples = [Sample(id=q, image="unused.png", prompt=f"Q{q}?", targets=[a[0]], task="vqav2",
+                      meta={"answers": a, "answer_type": t, "question_type": qt}) for q, a, t, qt, _ in rows]
+    return samples, {f"Q{q}?": pred for q, *_, pred in rows}
+
+
+def test_evaluate_vqav2_writes_official_files_and_scores(tmp_path):
+    samples, answers = _vqa_samples()
+    adapter = FakeAdapter(answers)
+    adapter.model.train()
+    result = runner.evaluate(adapter, samples, "vqav2", tmp_path, batch_size=2, progress=False)
+    assert adapter.batches == [2, 2, 1]
+    assert adapter.modes[0] == (False, False)          # eval mode, no autograd during generation
+    assert adapter.model.training                       # restored for the training loop
+    # 1: 1.0, 2: "two" -> "2", 2 matches -> 0.6, 3: 0, 4: 1.0, 5: "A dog." -> "dog", 9 matches -> 1.0
+    assert result["score"] == pytest.approx(100 * 3.6 / 5)
+    assert result["metrics"]["per_answer_type"]["number"] == pytest.approx(80.0)
+    assert result["generation"]["samples"] == 5 and result["generation"]["max_new_tokens"] == 16
+
+    written = json.loads((tmp_path / "vqav2_predictions.json").read_text())
+    assert written[0] == {"question_id": 1, "answer": "yes"} and len(written) == 5
+    lines = [json.loads(l) for l in (tmp_path / "vqav2_samples.jsonl").read_text().splitlines()]
+    assert lines[1]["id"] == "2" and lines[1]["prompt"] == "Q2?" and lines[1]["prediction"] == "two"
+    assert lines[1]["references"] == ["2"] * 2 + ["3"] * 8 and lines[1]["score"] == pytest.approx(0.6)
+    assert lines[0]["correct"] is True and lines[2]["correct"] is False
+    assert json.loads((tmp_path / "vqav2_scores.json").read_text())["score"] == pytest.approx(result["score"])
+
+    # scoring the written file from the outside gives the same numbers
+    refs = runner.references_from_samples("vqav2", samples)
+    again, _ = runner.score_predictions("vqav2", formats.read_predictions("vqav2", tmp_path / "vqav2_predictions.json"), refs)
+    assert again["metrics"] == result["metrics"]
+
+
+def test_evaluate_gqa_and_easyvqa(tmp_path):
+    types = [("verify", "attr"), ("query", "rel"), ("query", "obj")]
+    samples = [Sample(id=f"g{i}", image="x.png", prompt=f"P{i}", targets=[a], task="gqa",
+                      meta={"is_balanced": i != 2, "types": {"structural": s, "semantic": m}})
+               for i, (a, (s, m)) in enumerate(zip(["yes", "left", "cup"], types))]
+    result = runner.evaluate(FakeAdapter({"P0": "Yes.", "P1": "right", "P2": "cup"}), samples, "gqa", tmp_path,
+                             progress=False)
+    assert result["score"] == 50.0 and result["metrics"]["binary"] == 100.0 and result["metrics"]["open"] == 0.0
+    assert result["metrics"]["unbalanced_skipped"] == 1
+    written = json.loads((tmp_path / "gqa_predictions.json").read_text())
+    assert written[0] == {"questionId": "g0", "prediction": "Yes."}
+    lines = [json.loads(l) for l in (tmp_path / "gqa_samples.jsonl").read_text().splitlines()]
+    assert lines[2]["score"] is None and "correct" not in lines[2] and lines[0]["correct"] is True
+
+    samples = [Sample(id=str(i), image="x.png", prompt=f"E{i}", targets=[a], task="easyvqa",
+                      meta={"answer_kind": k}) for i, (a, k) in enumerate([("red", "color"), ("circle", "shape")])]
+    result = runner.evaluate(FakeAdapter({"E0": "red", "E1": "square"}), samples, "easyvqa", tmp_path, progress=False)
+    assert result["score"] == 50.0 and result["metrics"]["per_kind"] == {"color": 100.0, "shape": 0.0}
+
+
+def test_evaluate_errors(tmp_path):
+    samples, answers = _vqa_samples()
+    with pytest.raises(RuntimeError, match="returned 1 answers for a batch of 2"):
+        runner.evaluate(FakeAdapter(answers, short=True), samples, "vqav2", tmp_path, batch_size=2, progress=False)
+    with pytest.raises(UserError, match="unknown task"):
+        runner.evaluate(FakeAdapter(answers), samples, "mmstar", tmp_path, progress=False)
+    with pytest.raises(UserError, match="duplicate sample ids"):
+        runner.evaluate(FakeAdapter(answers), samples + samples[:1], "vqav2", tmp_path, progress=False)
+    with pytest.raises(UserError, match="no samples"):
+        runner.evaluate(FakeAdapter(answers), [], "vqav2", tmp_path, progress=False)
+
+
+def test_eval_cli_with_easyvqa(monkeypatch, tmp_path, capsys):
+    """`vlm-grades eval` wiring: real easy-VQA samples, a fake model answering "yes"."""
+    import vlm_grades.models
+    from vlm_grades.cli import main
+
+    class Yes(FakeAdapter):
+        def generate(self, batch, max_new_tokens):
+            return ["yes"] * len(batch["prompts"])
+
+    monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Yes({}))
+    code = main(["eval", "--task", "easyvqa", "--model", str(tmp_path / "ckpt"), "--max-samples", "30",
+                 "--batch-size", "8", "--out", str(tmp_path / "out"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads((tmp_path / "out" / "easyvqa_scores.json").read_text())
+    assert result["n"] == 30 and "accuracy" in out
+    lines = (tmp_path / "out" / "easyvqa_samples.jsonl").read_text().splitlines()
+    assert len(lines) == 30
+    assert main(["eval", "--task", "vqav2", "--model", "x"]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_coco(tmp_path):
+    import shutil
+    if shutil.which("java") is None:
+        pytest.skip("Java not installed")
+    samples = [Sample(id=str(i), image="x.png", prompt="Caption:", targets=refs, task="coco", meta={"image_id": i})
+               for i, refs in [(5, ["a cat on a mat", "a cat sits on a mat"]), (6, ["a dog in the park", "a dog runs"])]]
+    result = runner.evaluate(FakeAdapter({"Caption:": "a cat on a mat"}), samples, "coco", tmp_path, progress=False,
+                             spice=False)
+    assert result["metric"] == "CIDEr" and result["n"] == 2
+    written = json.loads((tmp_path / "coco_predictions.json").read_text())
+    assert written == [{"image_id": 5, "caption": "a cat on a mat"}, {"image_id": 6, "caption": "a cat on a mat"}]
+    line = json.loads((tmp_path / "coco_samples.jsonl").read_text().splitlines()[0])
+    assert set(line["score"]) >= {"Bleu_4", "METEOR", "CIDEr"}

@@ -1,0 +1,99 @@
+"""`vlm-grades score`: score a prediction file (official result format, from any model) against the
+official annotation files or a Hugging Face layout."""
+from __future__ import annotations
+
+import argparse
+
+from vlm_grades.errors import UserError
+
+REFERENCE_HELP = (
+    "vqav2: annotations JSON (or --annotations), or a Hugging Face layout with the lmms-lab/VQAv2 columns; "
+    "gqa: questions JSON keyed by question id (or --questions), or lmms-lab/GQA *_instructions parquet/folder; "
+    "coco: captions_*.json, Karpathy dataset_coco.json, or lmms-lab/COCO-Caption2017 parquet/folder; "
+    "easyvqa: optional questions JSON ([question, answer, image_id] lists), default the easy-vqa package")
+
+
+def add_scoring_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `score` and `eval`."""
+    p.add_argument("--lenient", action="store_true",
+                   help="vqav2: always normalize answers and prediction, as lmms-eval does (default: the "
+                        "official evaluator, which normalizes only when the ten answers differ)")
+    p.add_argument("--raw", action="store_true",
+                   help="gqa/easyvqa: compare predictions verbatim (the official GQA script); default strips "
+                        "a trailing period and lowercases")
+    spice = p.add_mutually_exclusive_group()
+    spice.add_argument("--spice", dest="spice", action="store_true", default=None,
+                       help="coco: require SPICE (error if its CoreNLP jars are missing); default: run it when present")
+    spice.add_argument("--no-spice", dest="spice", action="store_false", help="coco: skip SPICE")
+    p.add_argument("--spice-corenlp", metavar="DIR",
+                   help="coco: folder holding stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar "
+                        "for SPICE (also read from $VLM_GRADES_SPICE_CORENLP)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("score", help="score a prediction file against reference annotations",
+                              description=__doc__)
+    p.add_argument("--task", required=True, choices=["vqav2", "gqa", "coco", "easyvqa"], help="benchmark")
+    p.add_argument("--predictions", required=True, metavar="FILE",
+                   help="results JSON: vqav2/easyvqa [{question_id, answer}], gqa [{questionId, prediction}], "
+                        "coco [{image_id, caption}]")
+    p.add_argument("--references", metavar="PATH", help=REFERENCE_HELP)
+    p.add_argument("--annotations", metavar="FILE", help="vqav2: the official annotations JSON (same as --references)")
+    p.add_argument("--questions", metavar="FILE",
+                   help="vqav2: the official questions JSON, checked against the annotations; "
+                        "gqa: the questions JSON (same as --references)")
+    p.add_argument("--split", help="split to read from a Hugging Face layout or Karpathy file "
+                                   "(coco Karpathy default: test; easyvqa package: test or train, default test)")
+    p.add_argument("--partial", action="store_true",
+                   help="score only the ids present in both files and report how many were missing "
+                        "(default: mismatched id sets are an error)")
+    p.add_argument("--out", metavar="FILE", help="write the scores as JSON to FILE")
+    add_scoring_flags(p)
+    p.set_defaults(func=run)
+
+
+def load_references(args) -> tuple[dict, str]:
+    """The references of args.task from the flags, and a name for messages."""
+    task = args.task
+    if task == "vqav2":
+        path = args.references or args.annotations
+        if not path:
+            raise UserError("--annotations: vqav2 needs the annotations JSON or --references PATH")
+        if args.references and args.annotations:
+            raise UserError("--references/--annotations: give one of them")
+        from eval import vqav2
+        return vqav2.read_references(path, questions=args.questions, split=args.split), str(path)
+    if task == "gqa":
+        path = args.references or args.questions
+        if not path:
+            raise UserError("--references: gqa needs the questions JSON (or a Hugging Face layout)")
+        from eval import gqa
+        return gqa.read_references(path, split=args.split), str(path)
+    if task == "coco":
+        if not args.references:
+            raise UserError("--references: coco needs captions_*.json, dataset_coco.json or a Hugging Face layout")
+        from eval import coco
+        return coco.read_references(args.references, split=args.split), str(args.references)
+    from eval import easyvqa
+    split = args.split or "test"
+    return (easyvqa.read_references(args.references, split=split),
+            str(args.references) if args.references else f"the easy-vqa {split} split")
+
+
+def run(args) -> int:
+    from eval import formats
+    from eval.runner import format_table, score_predictions
+
+    predictions = formats.read_predictions(args.task, args.predictions)
+    references, ref_name = load_references(args)
+    result, _ = score_predictions(args.task, predictions, references, partial=args.partial,
+                                  pred_name=str(args.predictions), ref_name=ref_name, lenient=args.lenient,
+                                  raw=args.raw, spice=args.spice, spice_corenlp=args.spice_corenlp)
+    result["predictions"] = str(args.predictions)
+    result["references"] = ref_name
+    print(format_table(result))
+    if args.out:
+        from vlm_grades.run_folder import write_json_atomic
+        write_json_atomic(args.out, result)
+        print(f"scores written to {args.out}")
+    return 0
