@@ -101,3 +101,14 @@ def test_issues_summary_and_strict():
         issues.finish(0, "src")
     with pytest.raises(UserError, match="^ann.json: missing field 'answers' in annotation 17$"):
         Issues("x", strict=True).skip("missing field", "missing field 'answers' in annotation 17", "ann.json")
+
+
+def test_sample_stream_pickles_for_spawned_workers(tmp_path):
+    import pickle
+
+    d = write_coco(tmp_path)
+    stream = load_samples("coco", d["source"], split="val", streaming=True, shuffle=True, seed=2)
+    copy = pickle.loads(pickle.dumps(stream))
+    assert [s.id for s in copy] == [s.id for s in stream]
+    stream.set_epoch(1)
+    assert sorted(s.id for s in stream) == ["139", "285", "632"]

@@ -27,6 +27,7 @@ def test_short_split_name_and_questions_subfolder(tmp_path):
     (tmp_path / "questions").mkdir()
     d["questions"].rename(tmp_path / "questions" / d["questions"].name)
     assert len(load_samples("gqa", str(tmp_path), split="val")) == 6
+    assert len(load_samples("gqa", str(tmp_path), split="validation")) == 6
 
 
 def test_bad_records(tmp_path):

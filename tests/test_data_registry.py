@@ -123,3 +123,21 @@ def test_streaming_official_source_reports_at_end(tmp_path):
     stream = load_samples("coco", d["source"], split="val", streaming=True)
     assert [s.id for s in stream] == ["139", "632"]
     assert stream.skipped == 1 and "1 missing image" in stream.summary
+
+
+def test_hf_dataset_dict_and_single_parquet_file(tmp_path):
+    import datasets
+
+    ds = write_hf_vqav2(tmp_path / "src")["dataset"]
+    datasets.DatasetDict({"validation": ds, "testdev": ds.select(range(2))}).save_to_disk(str(tmp_path / "dict"))
+    assert len(load_samples("vqav2", str(tmp_path / "dict"), split="val")) == 6
+    assert len(load_samples("vqav2", str(tmp_path / "dict"), split="test-dev", allow_unanswered=True)) == 2
+    with pytest.raises(UserError, match="no split 'train'; it has validation, testdev"):
+        load_samples("vqav2", str(tmp_path / "dict"), split="train")
+    ds.to_parquet(str(tmp_path / "one.parquet"))
+    assert len(load_samples("vqav2", str(tmp_path / "one.parquet"), split="val", max_samples=3)) == 3
+
+
+def test_streaming_fails_early_on_a_source_that_fits_nothing(tmp_path):
+    with pytest.raises(UserError, match="no coco data for split 'val' found"):
+        load_samples("coco", str(tmp_path), split="val", streaming=True)

@@ -3,7 +3,7 @@ isBalanced, types}) with `images/{imageId}.jpg`, or the lmms-lab/GQA configs `<s
 (id, imageId, question, answer, fullAnswer, ...) joined by imageId to `<split>_images` (id, image).
 
 Splits are named like the files: "testdev_balanced", "val_balanced", "train_all", ...; a bare "val"
-means "val_balanced".
+(or "validation") means "val_balanced", "test-dev" means "testdev_balanced".
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ EXPECTED = ("{s}_questions.json (a JSON object keyed by question id) and images/
 
 def full_split(split: str) -> str:
     split = split.replace("-", "")            # "test-dev" -> "testdev"
+    split = "val" + split[len("validation"):] if split.startswith("validation") else split
     return split if split.endswith(("_balanced", "_all")) else f"{split}_balanced"
 
 

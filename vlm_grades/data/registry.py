@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from vlm_grades.data import coco, gqa, hf, vqav2
 from vlm_grades.data.issues import ImageChecker, Issues, SampleList
@@ -42,23 +42,27 @@ def load_samples(task: str, source: str | None = None, split: str | None = "trai
     if not source:
         raise UserError(f"--data: task {task!r} needs a data source (a folder, file or Hugging Face id), e.g. "
                         f"{READERS[task].HUB_ID}")
-    template = resolve_template(task, prompt)
-    source = str(source)
-
-    def open_samples(epoch: int = 0) -> Iterator[Sample]:
-        issues = Issues(f"{task} {split}", strict)
-        raw = _reader(task, source, split, issues, template, shuffle=shuffle, seed=seed + epoch,
-                      streaming=streaming, allow_unanswered=allow_unanswered, image_dir=image_dir, config=config)
-        return _checked(raw, issues, max_samples, READERS[task].RECORD, source)
-
+    options = dict(task=task, source=str(source), split=split, max_samples=max_samples, seed=seed, shuffle=shuffle,
+                   strict=strict, template=resolve_template(task, prompt), streaming=streaming,
+                   allow_unanswered=allow_unanswered, image_dir=image_dir, config=config)
     if streaming:
+        _open(options, 0)   # not iterated: a source that fits no layout fails now, not at the first batch
         # a streamed Hugging Face data set splits its shard files over DataLoader workers by itself
-        return SampleStream(open_samples, self_sharding=_is_hf_source(task, source, split))
+        return SampleStream(options, self_sharding=_is_hf_source(task, str(source), split))
     out = SampleList()
-    gen = open_samples()
+    gen = _open(options, 0)
     out.extend(gen)
     out.summary, out.skipped = gen.summary, gen.skipped
     return out
+
+
+def _open(o: dict, epoch: int) -> "_Pass":
+    """One pass over the source (the shuffle seed moves with the epoch)."""
+    issues = Issues(f"{o['task']} {o['split']}", o["strict"])
+    raw = _reader(o["task"], o["source"], o["split"], issues, o["template"], shuffle=o["shuffle"],
+                  seed=o["seed"] + epoch, streaming=o["streaming"], allow_unanswered=o["allow_unanswered"],
+                  image_dir=o["image_dir"], config=o["config"])
+    return _Pass(raw, issues, o["max_samples"], READERS[o["task"]].RECORD, o["source"])
 
 
 def _easyvqa(task, split, max_samples, seed, shuffle, prompt, streaming):
@@ -70,7 +74,7 @@ def _easyvqa(task, split, max_samples, seed, shuffle, prompt, streaming):
     out = SampleList(samples)
     out.summary = f"{task} {split}: {len(out):,} samples"
     if streaming:
-        return SampleStream(lambda epoch=0: iter(out))
+        return SampleStream(list(out))
     return out
 
 
@@ -108,26 +112,31 @@ def _hf(module, source, split, issues, template, streaming, config, common):
     return module.load_hf(source, split, issues, template, streaming=streaming, config=config, **common)
 
 
-class _Checked:
-    """Iterates the reader's samples, dropping those whose image is missing or unreadable, up to
-    max_samples; at the end logs the summary (and fails if nothing was usable)."""
+class _Pass:
+    """One pass over a reader's samples: drops those whose image is missing or unreadable, stops at
+    max_samples, and at the end logs the summary (failing if nothing was usable)."""
 
-    def __init__(self, raw, issues: Issues, max_samples, record: str, source: str):
-        self.raw, self.issues, self.max_samples, self.record, self.source = raw, issues, max_samples, record, source
+    def __init__(self, raw: Iterable[Sample], issues: Issues, max_samples: int | None, record: str, source: str):
+        self.issues, self.record, self.source = issues, record, source
         self.summary, self.skipped = "", 0
+        self._it = self._run(raw, max_samples)
 
-    def __iter__(self) -> Iterator[Sample]:
+    def __iter__(self) -> "_Pass":
+        return self
+
+    def __next__(self) -> Sample:
+        return next(self._it)
+
+    def _run(self, raw, max_samples) -> Iterator[Sample]:
         check, n = ImageChecker(), 0
-        if self.max_samples is not None and self.max_samples < 1:
-            return
-        for s in self.raw:
+        for s in raw:
             problem = check(s.image)
             if problem:
                 self._skip_image(s, problem)
                 continue
             n += 1
             yield s
-            if self.max_samples is not None and n >= self.max_samples:
+            if max_samples is not None and n >= max_samples:
                 break
         if n == 0 and _in_one_of_several_workers():
             return   # a DataLoader worker may get no shard of a streamed data set; the others have data
@@ -136,13 +145,14 @@ class _Checked:
 
     def _skip_image(self, s: Sample, problem: str) -> None:
         record = f"{self.record} {s.id}"
-        if isinstance(s.image, (str, Path)):
-            kind = "missing image" if problem == "image file not found" else "unreadable image"
-            text = f"{kind}: {s.image} ({record})" if kind == "missing image" else \
-                f"unreadable image: {s.image} ({record}: {problem})"
-            self.issues.skip(kind, text if not self.issues.strict else f"{problem} ({record})", s.image)
-        else:
+        if not isinstance(s.image, (str, Path)):
             self.issues.skip("unreadable image", f"unreadable image bytes ({record}: {problem})", self.source)
+        elif problem == "image file not found":
+            text = f"{problem} ({record})" if self.issues.strict else f"missing image: {s.image} ({record})"
+            self.issues.skip("missing image", text, s.image)
+        else:
+            text = f"{problem} ({record})" if self.issues.strict else f"unreadable image: {s.image} ({record}: {problem})"
+            self.issues.skip("unreadable image", text, s.image)
 
 
 def _in_one_of_several_workers() -> bool:
@@ -151,42 +161,21 @@ def _in_one_of_several_workers() -> bool:
     return info is not None and info.num_workers > 1
 
 
-def _checked(raw, issues, max_samples, record, source) -> "_CheckedIter":
-    return _CheckedIter(_Checked(raw, issues, max_samples, record, source))
-
-
-class _CheckedIter:
-    """A one-pass iterator that exposes the summary once exhausted."""
-
-    def __init__(self, checked: _Checked):
-        self._checked, self._it = checked, iter(checked)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Sample:
-        return next(self._it)
-
-    @property
-    def summary(self) -> str:
-        return self._checked.summary
-
-    @property
-    def skipped(self) -> int:
-        return self._checked.skipped
-
-
 class SampleStream:
-    """A re-iterable stream of Samples: each pass re-opens the source (`set_epoch` changes the shuffle)."""
+    """A re-iterable stream of Samples: each pass re-opens the source (`set_epoch` changes the shuffle).
+    Picklable (its options, not open iterators), so it can go to spawned DataLoader workers."""
 
-    def __init__(self, open_samples: Callable[[int], Iterator[Sample]], self_sharding: bool = False):
-        self._open, self.epoch, self.self_sharding = open_samples, 0, self_sharding
+    def __init__(self, options: dict | list, self_sharding: bool = False):
+        self.options, self.epoch, self.self_sharding = options, 0, self_sharding
         self.summary, self.skipped = "", 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Sample]:
-        it = self._open(self.epoch)
+        if isinstance(self.options, list):       # already loaded samples (easy-VQA)
+            yield from self.options
+            return
+        it = _open(self.options, self.epoch)
         yield from it
-        self.summary, self.skipped = getattr(it, "summary", ""), getattr(it, "skipped", 0)
+        self.summary, self.skipped = it.summary, it.skipped
