@@ -1,0 +1,318 @@
+"""GradES: watch every monitored matrix, freeze the converged ones for good, signal the stop.
+
+    grades = GradES(model, registry, config, optimizer=opt, total_steps=T, writer=run.append)
+    for step in 1..T:                      # step = optimizer steps done once this one is taken (1-based)
+        backward; clip
+        grades.observe(step)               # gradient statistics (grad_change / grad), before opt.step()
+        opt.step(); opt.zero_grad()
+        grades.update(step)                # weight_change statistic, freeze decisions, finalization, stop
+        if grades.should_stop: break
+
+A check happens at steps divisible by `interval`. grad_change compares the gradient with the one of the step
+before (kept from step - 1), as in the paper; weight_change compares the weights with those of the last check,
+as the official code does. Freezing is permanent and by module reference: requires_grad False, grad None,
+optimizer state released; the learning-rate schedule is not touched. A NaN/Inf statistic never freezes.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vlm_grades.components import MODALITIES, Component, Registry
+from vlm_grades.errors import UserError
+from vlm_grades.grades.config import GradESConfig
+from vlm_grades.grades.statistics import Entry, StatBank, sketch_index, sketch_size
+
+Writer = Callable[[str, dict], None]
+STATE_VERSION = 1
+
+
+def broadcast_from_rank0(flags: list[bool], device: torch.device) -> list[bool]:
+    """Decision agreement: every process takes rank 0's freeze vector (a no-op without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not flags:
+        return flags
+    backend = dist.get_backend()
+    dev = device if backend == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(f) for f in flags], dtype=torch.uint8, device=dev)
+    dist.broadcast(t, src=0)
+    return [bool(v) for v in t.tolist()]
+
+
+def unwrap_optimizer(opt: Any) -> Any:
+    """The torch optimizer holding per-parameter state (accelerate and others wrap it in `.optimizer`)."""
+    seen = 0
+    while opt is not None and hasattr(opt, "optimizer") and seen < 8:
+        opt, seen = opt.optimizer, seen + 1
+    return opt
+
+
+class GradES:
+    def __init__(self, model: nn.Module, registry: Registry, config: GradESConfig | dict | None = None,
+                 optimizer: Any = None, total_steps: int | None = None, writer: Writer | None = None,
+                 stop_events: bool = False, agree: Callable[[list[bool], torch.device], list[bool]] | None = None):
+        self.config = config if isinstance(config, GradESConfig) else GradESConfig.from_dict(config)
+        self.grace = self.config.validate(total_steps)
+        self.model, self.registry, self.writer = model, registry, writer
+        self.total_steps = total_steps
+        self.stop_events = stop_events          # the training loop writes its own stop event
+        self.agree = agree or broadcast_from_rank0
+        self.optimizer = None
+        cfg = self.config
+
+        tau = cfg.tau
+        self.components: list[Component] = [c for c in registry.components if tau[c.modality] is not None]
+        if not self.components:
+            raise UserError(f"grades.tau: no monitored matrix in the modalities switched on "
+                            f"({', '.join(cfg.monitored_modalities())})")
+        self._index = {c.name: i for i, c in enumerate(self.components)}
+        self._device = self.components[0].params[0][1].device
+
+        # per-component decision state
+        self.frozen: dict[str, int] = {}              # name -> step frozen
+        self.finalized: dict[str, int] = {}           # modality -> step finalized
+        self.smoothed: dict[str, float] = {}
+        self.below: dict[str, int] = {}
+        self.calibration: dict[str, deque] = {}
+        self.auto_tau: dict[str, float] = {}
+        self.nonfinite: dict[str, int] = {}
+        self.last_values: dict[str, float] = {}
+        self._snap_step: int | None = None            # grad_change: step whose gradient is stored
+        self._checked: bool = False                   # weight_change: the first check only stores weights
+        self._pending: tuple[int, list[float]] | None = None
+        self.stop_reason: str | None = None
+        self.stop_step: int | None = None
+
+        entries = []
+        for i, c in enumerate(self.components):
+            for suffix, p in c.params:
+                key = f"{c.name}:{suffix}"
+                index = None
+                if cfg.metric != "grad":
+                    k = sketch_size(p.numel(), cfg.sketch, cfg.sketch_fraction, cfg.sketch_min, cfg.sketch_max)
+                    if k is not None:
+                        index = sketch_index(p.numel(), k, cfg.sketch_seed, key, p.device)
+                entries.append(Entry(key, i, p, index))
+        self.bank = StatBank(entries, len(self.components), cfg.normalization)
+        if optimizer is not None:
+            self.attach_optimizer(optimizer)
+
+    # ------------------------------------------------------------------ public API
+    def attach_optimizer(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+        for name in self.frozen:
+            self._release(p for _, p in self.components[self._index[name]].params)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_reason is not None
+
+    def frozen_fraction(self) -> dict[str, float]:
+        out = {}
+        for m in MODALITIES:
+            comps = [c for c in self.registry.components if c.modality == m]
+            out[m] = sum(c.name in self.frozen for c in comps) / len(comps) if comps else 0.0
+        return out
+
+    def active(self) -> list[Component]:
+        return [c for c in self.components if c.name not in self.frozen]
+
+    def memory_bytes(self) -> int:
+        """Bytes the engine keeps between steps (stored gradients/weights, sketch indices)."""
+        return self.bank.nbytes()
+
+    def monitored_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for c in self.components for _, p in c.params)
+
+    def observe(self, step: int) -> None:
+        """After backward (and gradient sync / clipping), before optimizer.step()."""
+        cfg = self.config
+        if self.should_stop or not self.bank.entries or cfg.metric == "weight_change":
+            return
+        if cfg.metric == "grad":
+            if step % cfg.interval == 0:
+                self._pending = (step, self.bank.magnitude("grad"))
+            return
+        if step % cfg.interval == 0 and self._snap_step == step - 1 and self.bank.has_prev():
+            self._pending = (step, self.bank.change("grad"))   # also stores g(step) as the previous
+            self._snap_step = step
+        elif (step + 1) % cfg.interval == 0:
+            self.bank.snapshot("grad")
+            self._snap_step = step
+
+    def update(self, step: int) -> None:
+        """After optimizer.step(): weight_change statistic, freeze decisions, finalization, stop signal."""
+        cfg = self.config
+        if self.should_stop:
+            return
+        values = None
+        if cfg.metric == "weight_change":
+            if step % cfg.interval == 0 and self.bank.entries:
+                if self._checked and self.bank.has_prev():
+                    values = self.bank.change("weight")
+                else:
+                    self.bank.snapshot("weight")    # the first check only stores the weights
+                    self._checked = True
+        elif self._pending is not None and self._pending[0] == step:
+            values = self._pending[1]
+        self._pending = None
+        if values is not None:
+            self._decide(step, values)
+        self._check_stop(step)
+
+    # ------------------------------------------------------------------ decisions
+    def _tau_for(self, c: Component, value: float) -> float | None:
+        t = self.config.tau[c.modality]
+        if t != "auto":
+            return float(t)
+        if c.name not in self.auto_tau:
+            window = self.calibration.get(c.name)
+            level = sum(window) / len(window) if window else value   # no check fell in the grace period
+            self.auto_tau[c.name] = self.config.rho * level
+            self.calibration.pop(c.name, None)
+            if not window:
+                return None                                          # this check only calibrates
+        return self.auto_tau[c.name]
+
+    def _decide(self, step: int, values: list[float]) -> None:
+        cfg = self.config
+        checked, taus, freeze = {}, {}, []
+        beta = cfg.smoothing
+        for c in self.active():
+            v = values[self._index[c.name]]
+            checked[c.name] = v
+            if not math.isfinite(v):
+                self.nonfinite[c.name] = self.nonfinite.get(c.name, 0) + 1
+                self.below[c.name] = 0
+                self._emit("events", {"type": "nonfinite", "step": step, "component": c.name, "value": v})
+                taus[c.name] = self._tau_in_force(c)
+                continue
+            prev = self.smoothed.get(c.name)
+            s = v if (beta == 0 or prev is None) else beta * prev + (1 - beta) * v
+            self.smoothed[c.name] = s
+            if step < self.grace:
+                if cfg.tau[c.modality] == "auto":
+                    self.calibration.setdefault(c.name, deque(maxlen=cfg.auto_window)).append(s)
+                taus[c.name] = self._tau_in_force(c)
+                continue
+            tau = self._tau_for(c, s)
+            taus[c.name] = tau
+            if tau is None:
+                continue
+            self.below[c.name] = self.below.get(c.name, 0) + 1 if s < tau else 0
+            if self.below[c.name] >= cfg.patience:
+                freeze.append(c)
+        self.last_values = checked
+
+        flags = self.agree([c in freeze for c in self.active()], self._device)
+        freeze = [c for c, f in zip(self.active(), flags) if f]
+        for c in freeze:
+            self._freeze(c, step, checked.get(c.name), taus.get(c.name))
+        if freeze:
+            self.bank.keep({self._index[c.name] for c in self.active()})
+            if cfg.finalize_modalities:
+                self._finalize(step)
+        record = {"step": step, "metric": cfg.metric, "normalization": cfg.normalization,
+                  "values": checked, "tau": taus, "frozen": list(self.frozen)}
+        if beta:
+            record["smoothed"] = {n: self.smoothed.get(n) for n in checked}
+        self._emit("convergence", record)
+
+    def _tau_in_force(self, c: Component) -> float | None:
+        t = self.config.tau[c.modality]
+        return float(t) if t != "auto" else self.auto_tau.get(c.name)
+
+    def _check_stop(self, step: int) -> None:
+        n, k = len(self.components), len(self.frozen)
+        if self.stop_reason is None and k / n >= self.config.stop_fraction:
+            self.stop_reason = ("all components frozen" if k == n else
+                                f"{k}/{n} components frozen (stop fraction {self.config.stop_fraction})")
+            self.stop_step = step
+            if self.stop_events:
+                self._emit("events", {"type": "stop", "step": step, "reason": self.stop_reason})
+
+    # ------------------------------------------------------------------ freezing
+    def _release(self, params) -> None:
+        opt = unwrap_optimizer(self.optimizer)
+        state = getattr(opt, "state", None)
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+            if state is not None and p in state:
+                del state[p]                        # the optimizer's moments for p are freed
+
+    def _freeze(self, c: Component, step: int, value: float | None, tau: float | None) -> None:
+        self._release(p for _, p in c.params)
+        self.frozen[c.name] = step
+        for d in (self.smoothed, self.below):
+            d.pop(c.name, None)
+        self._emit("events", {"type": "freeze", "step": step, "component": c.name, "modality": c.modality,
+                              "value": value, "tau": tau})
+
+    def _finalize(self, step: int) -> None:
+        """A modality whose matrices are all frozen also freezes its norms and embeddings: with nothing
+        before it needing gradients, autograd then skips its backward entirely."""
+        by_mod = self.registry.by_modality()
+        params = None
+        for m in self.config.monitored_modalities():
+            if m in self.finalized or not by_mod[m]:
+                continue
+            if all(c.name in self.frozen for c in by_mod[m] if c in self.components):
+                params = params or self.registry.modality_parameters(self.model)
+                rest = [p for _, p in params[m] if p.requires_grad]
+                self._release(rest)
+                self.finalized[m] = step
+                self._emit("events", {"type": "finalize", "step": step, "modality": m,
+                                      "parameters": sum(p.numel() for p in rest)})
+
+    def _emit(self, kind: str, record: dict) -> None:
+        if self.writer is not None:
+            self.writer(kind, record)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION, "config": self.config.to_dict(), "grace": self.grace,
+            "total_steps": self.total_steps, "components": [c.name for c in self.components],
+            "frozen": dict(self.frozen), "finalized": dict(self.finalized), "smoothed": dict(self.smoothed),
+            "below": dict(self.below), "calibration": {k: list(v) for k, v in self.calibration.items()},
+            "auto_tau": dict(self.auto_tau), "nonfinite": dict(self.nonfinite), "snap_step": self._snap_step,
+            "checked": self._checked, "stop_reason": self.stop_reason, "stop_step": self.stop_step,
+            "bank": self.bank.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise UserError(f"GradES state: version {state.get('version')} is not {STATE_VERSION}")
+        unknown = [n for n in state["frozen"] if n not in self._index]
+        if unknown or state.get("components", [c.name for c in self.components]) != [c.name for c in self.components]:
+            raise UserError(f"GradES state: monitored components differ from this model's "
+                            f"(e.g. {(unknown or state.get('components', ['?']))[0]}); was it saved with "
+                            f"another model or another tau setting?")
+        for key in ("metric", "normalization", "interval"):
+            if state["config"].get(key) != getattr(self.config, key):
+                raise UserError(f"GradES state: saved with {key}={state['config'].get(key)!r}, "
+                                f"configured {getattr(self.config, key)!r}")
+        self.frozen = dict(state["frozen"])
+        self.finalized = dict(state["finalized"])
+        self.smoothed = dict(state["smoothed"])
+        self.below = dict(state["below"])
+        self.calibration = {k: deque(v, maxlen=self.config.auto_window) for k, v in state["calibration"].items()}
+        self.auto_tau = dict(state["auto_tau"])
+        self.nonfinite = dict(state["nonfinite"])
+        self._snap_step, self._checked = state["snap_step"], state["checked"]
+        self.stop_reason, self.stop_step = state["stop_reason"], state["stop_step"]
+        self._pending = None
+        for name in self.frozen:
+            self._release(p for _, p in self.components[self._index[name]].params)
+        if self.finalized:
+            params = self.registry.modality_parameters(self.model)
+            for m in self.finalized:
+                self._release(p for _, p in params[m])
+        self.bank.keep({self._index[c.name] for c in self.active()})
+        self.bank.load_state_dict(state["bank"])

@@ -1,0 +1,176 @@
+"""Per-component convergence statistics, computed in batches with torch._foreach ops.
+
+  grad_change    || g(t) - g(t-1) ||_1   (paper v3; the previous gradient is kept)
+  grad           || g(t) ||_1            (paper v1; nothing kept)
+  weight_change  || W(t) - W(last check) ||_1   (the official code; the weights at the last check are kept)
+
+summed over a component's parameters (weight and bias, or LoRA A and B), then "sum" or "mean" per element.
+
+Storage of the previous tensor is exact (a copy) or a sketch: a fixed, seeded random subset of k entries of
+the matrix. The sketch's L1 sum over the k entries, scaled by numel/k, is an unbiased estimate of the full sum;
+its memory is k values plus k int32 indices instead of a full copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(eq=False)
+class Entry:
+    key: str                       # "<component>:<param suffix>"
+    comp: int                      # position of the component in the engine's monitored list
+    param: nn.Parameter
+    index: torch.Tensor | None     # sketch: int32 flat positions, sorted; None: exact
+    prev: torch.Tensor | None = None
+
+    @property
+    def numel(self) -> int:
+        return self.param.numel()
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.index is None else self.numel / self.index.numel()
+
+    def nbytes(self) -> int:
+        n = 0 if self.prev is None else self.prev.numel() * self.prev.element_size()
+        return n + (0 if self.index is None else self.index.numel() * self.index.element_size())
+
+
+def sketch_size(numel: int, mode: str, fraction: float, k_min: int, k_max: int) -> int | None:
+    """Entries sampled for a matrix of `numel` entries, or None for exact storage.
+    auto: sample only when it saves at least 4x (small matrices and biases stay exact)."""
+    if mode == "off":
+        return None
+    k = int(min(max(round(numel * fraction), k_min), k_max))
+    if k >= numel or (mode == "auto" and 4 * k > numel):
+        return None
+    return k
+
+
+def sketch_index(numel: int, k: int, seed: int, key: str, device: torch.device) -> torch.Tensor:
+    """A fixed random subset of k of numel flat positions: the same for the same (seed, key, numel)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed((seed * 1_000_003 + _stable_hash(key)) % (2 ** 63))
+    idx = torch.randperm(numel, generator=gen)[:k].sort().values
+    return idx.to(device=device, dtype=torch.int32)
+
+
+def _stable_hash(s: str) -> int:
+    h = 1469598103934665603
+    for b in s.encode():
+        h = ((h ^ b) * 1099511628211) % (2 ** 64)
+    return h
+
+
+class StatBank:
+    """Holds the monitored parameters of the active components and what the metric keeps of them."""
+
+    def __init__(self, entries: list[Entry], n_components: int, normalization: str):
+        self.entries = entries
+        self.n_components = n_components
+        self.normalization = normalization
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.exact = [e for e in self.entries if e.index is None]
+        self.sketched = [e for e in self.entries if e.index is not None]
+        order = self.exact + self.sketched
+        self.order = order
+        if not order:
+            return
+        device = order[0].param.device
+        self.device = device
+        self._comp = torch.tensor([e.comp for e in order], dtype=torch.long, device=device)
+        self._scale = torch.tensor([e.scale for e in order], dtype=torch.float32, device=device)
+        numel = torch.zeros(self.n_components, dtype=torch.float64)
+        for e in order:
+            numel[e.comp] += e.numel
+        self._numel = numel.to(device=device, dtype=torch.float32)
+        self._multi_device = any(e.param.device != device for e in order)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def keep(self, components: set[int]) -> None:
+        """Drop the entries (and their stored tensors) of components no longer active."""
+        self.entries = [e for e in self.entries if e.comp in components]
+        self._rebuild()
+
+    def has_prev(self) -> bool:
+        return bool(self.entries) and all(e.prev is not None for e in self.entries)
+
+    def nbytes(self) -> int:
+        return sum(e.nbytes() for e in self.entries)
+
+    # ------------------------------------------------------------------ sources
+    @staticmethod
+    def grads(entries: list[Entry]) -> list[torch.Tensor]:
+        return [e.param.grad if e.param.grad is not None else torch.zeros_like(e.param) for e in entries]
+
+    @staticmethod
+    def weights(entries: list[Entry]) -> list[torch.Tensor]:
+        return [e.param.detach() for e in entries]
+
+    def _current(self, source: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        get = self.grads if source == "grad" else self.weights
+        exact = get(self.exact)
+        sampled = [t.reshape(-1).index_select(0, e.index) for t, e in zip(get(self.sketched), self.sketched)]
+        return exact, sampled
+
+    # ------------------------------------------------------------------ operations
+    @torch.no_grad()
+    def snapshot(self, source: str) -> None:
+        """Store the current gradients / weights (exact copy or sketch) as the previous ones."""
+        exact, sampled = self._current(source)
+        for e, t in zip(self.exact + self.sketched, exact + sampled):
+            if e.prev is None or e.prev.shape != t.shape:
+                e.prev = t.detach().clone()
+            else:
+                e.prev.copy_(t)
+
+    @torch.no_grad()
+    def change(self, source: str) -> list[float]:
+        """|| current - previous ||_1 per component (normalized), then current becomes previous."""
+        exact, sampled = self._current(source)
+        cur = exact + sampled
+        prev = [e.prev for e in self.order]
+        if any(p is None for p in prev):
+            raise RuntimeError("StatBank.change before snapshot")
+        torch._foreach_sub_(prev, cur)                                  # prev <- prev - cur (no new memory)
+        norms = torch._foreach_norm(prev, 1, dtype=torch.float32)
+        torch._foreach_copy_(prev, cur)
+        return self._reduce(norms)
+
+    @torch.no_grad()
+    def magnitude(self, source: str) -> list[float]:
+        """|| current ||_1 per component (normalized); nothing stored."""
+        exact, sampled = self._current(source)
+        return self._reduce(torch._foreach_norm(exact + sampled, 1, dtype=torch.float32))
+
+    def _reduce(self, norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[float]:
+        if not norms:
+            return [float("nan")] * self.n_components
+        if self._multi_device:
+            norms = [n.to(self.device) for n in norms]
+        per_param = torch.stack(list(norms)) * self._scale
+        sums = torch.zeros(self.n_components, dtype=torch.float32, device=self.device)
+        sums.index_add_(0, self._comp, per_param)
+        if self.normalization == "mean":
+            sums = sums / self._numel.clamp_min(1)
+        return sums.tolist()                                            # the one host sync per check
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"prev": {e.key: e.prev.detach().cpu().clone() for e in self.entries if e.prev is not None},
+                "index": {e.key: e.index.cpu().clone() for e in self.entries if e.index is not None}}
+
+    def load_state_dict(self, state: dict) -> None:
+        prev, index = state.get("prev", {}), state.get("index", {})
+        for e in self.entries:
+            if e.key in index:
+                e.index = index[e.key].to(device=e.param.device, dtype=torch.int32)
+            elif e.index is not None and e.key in prev and prev[e.key].numel() == e.numel:
+                e.index = None           # saved exact, configured sketched now: keep what was saved
+            e.prev = prev[e.key].to(e.param.device).clone() if e.key in prev else None
+        self._rebuild()
