@@ -1,0 +1,129 @@
+"""GradESCallback in a Hugging Face Trainer run of a tiny random Qwen2.5-VL, side by side with the official
+`grades` package (1.0.6): in parity mode every component freezes at the same step and the runs end identical."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from vlm_grades.callback import GradESCallback
+from vlm_grades.grades import GradESConfig
+
+transformers = pytest.importorskip("transformers")
+grades_official = pytest.importorskip("grades")
+
+torch.set_num_threads(1)
+STEPS = 30
+
+
+def tiny_qwen():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    cfg = Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
+                           window_size=56, in_channels=3),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=64, max_position_embeddings=256,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=0, tie_word_embeddings=False),
+        image_token_id=60, video_token_id=61, vision_start_token_id=62, vision_end_token_id=63,
+        bos_token_id=0, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(cfg)
+
+
+class Samples(torch.utils.data.Dataset):
+    """16 samples: a 56x56 image (4x4 patches -> 4 image tokens) and 16 text tokens."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(3)
+        self.pixels = torch.randn(16, 16, 3 * 2 * 14 * 14, generator=g)
+        self.text = torch.randint(2, 60, (16, 16), generator=g)
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        ids = torch.cat([torch.tensor([62, 60, 60, 60, 60, 63]), self.text[i]])
+        labels = ids.clone()
+        labels[:6] = -100
+        return {"input_ids": ids, "labels": labels, "pixel_values": self.pixels[i]}
+
+
+def collate(items):
+    return {"input_ids": torch.stack([x["input_ids"] for x in items]),
+            "labels": torch.stack([x["labels"] for x in items]),
+            "attention_mask": torch.ones(len(items), 22, dtype=torch.long),
+            "pixel_values": torch.cat([x["pixel_values"] for x in items]),
+            "image_grid_thw": torch.tensor([[1, 4, 4]] * len(items))}
+
+
+def run_trainer(callback, tmp_path, tag):
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_qwen()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / tag), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=2e-3,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_strategy="no", save_strategy="no",
+        report_to=[], use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Samples(), data_collator=collate, callbacks=[callback])
+    out = trainer.train()
+    return model, trainer.state.global_step, out
+
+
+def official_key_to_name(key: str) -> str:
+    modality, layer, group, proj = key.split("_", 3)
+    layer = int(layer[1:])
+    if modality == "vision":
+        return f"model.visual.blocks.{layer}.{group}.{proj}"
+    return f"model.language_model.layers.{layer}.{'self_attn' if group == 'attn' else 'mlp'}.{proj}"
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_parity_with_official_package(tmp_path, interval):
+    from grades import VLMGradEarlyStoppingCallback, VLMGradEarlyStoppingConfig
+
+    # a pilot run (thresholds too small to freeze) gives the values; pick taus that split the components
+    pilot = VLMGradEarlyStoppingCallback(VLMGradEarlyStoppingConfig(
+        vision_tau=1e-30, language_tau=1e-30, alpha=0.3, compute_interval=interval, use_cuda_acceleration=False))
+    run_trainer(pilot, tmp_path, "pilot")
+    at = {m: [v for s in pilot.component_stats.values() if s.component_type == m
+              for step, v in s.change_history if step >= 0.6 * STEPS] for m in ("vision", "language")}
+    tau = {m: statistics.median(v) for m, v in at.items()}
+
+    official = VLMGradEarlyStoppingCallback(VLMGradEarlyStoppingConfig(
+        vision_tau=tau["vision"], language_tau=tau["language"], alpha=0.3, compute_interval=interval,
+        use_cuda_acceleration=False))
+    model_a, end_a, _ = run_trainer(official, tmp_path, "official")
+    theirs = {official_key_to_name(k): s.frozen_at_step for k, s in official.component_stats.items() if s.frozen}
+
+    ours_cb = GradESCallback(GradESConfig.official(tau["vision"], tau["language"], alpha=0.3, interval=interval))
+    model_b, end_b, _ = run_trainer(ours_cb, tmp_path, "ours")
+    ours = ours_cb.frozen_steps
+
+    assert len(official.component_stats) == len(ours_cb.engine.components) == 24     # 10 vision + 14 language
+    assert len(theirs) >= 4 and len(set(theirs.values())) >= 3    # a spread of freeze steps to compare
+    assert ours == theirs
+    assert end_a == end_b
+    for (n, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(a, b), n
+    # the run folder logs: one convergence line per check, one freeze event per frozen component
+    conv = [json.loads(x) for x in open(tmp_path / "ours" / "convergence.jsonl")]
+    ev = [json.loads(x) for x in open(tmp_path / "ours" / "events.jsonl")]
+    assert [r["step"] for r in conv] == list(range(2 * interval, end_b + 1, interval))
+    assert {r["component"]: r["step"] for r in ev if r["type"] == "freeze"} == ours
+
+
+def test_callback_stops_training_and_frees_optimizer_state(tmp_path):
+    cb = GradESCallback({"alpha": 4, "tau": 1e9, "patience": 1})
+    model, end, _ = run_trainer(cb, tmp_path, "stop")
+    assert end == 4 and cb.engine.should_stop and cb.engine.stop_reason == "all components frozen"
+    assert cb.frozen_fraction() == {"vision": 1.0, "projector": 1.0, "language": 1.0}
+    assert not any(p.requires_grad for p in model.model.visual.parameters())        # finalized
+    ev = [json.loads(x) for x in open(tmp_path / "stop" / "events.jsonl")]
+    assert {r["type"] for r in ev} == {"freeze", "finalize", "stop"}
