@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -219,13 +220,16 @@ def _add(refs: dict[str, list[str]], image_id: Any, caption: Any, where: str) ->
     refs.setdefault(key_of(image_id, where), []).append(caption)
 
 
-def image_id_from_question_id(question_id: Any) -> Any:
-    """lmms-lab/COCO-Caption2017 names images like "000000179765.jpg": the number is the image id."""
-    if isinstance(question_id, str):
-        stem = question_id.split("_")[-1].split(".")[0]
-        if stem.isdigit():
-            return int(stem)
-    return question_id
+def hf_image_id(row: dict) -> Any:
+    """lmms-lab/COCO-Caption2017 names images "000000179765.jpg" (or "COCO_val2014_000000203564.jpg"):
+    the last number of file_name (else question_id) is the image id, as the data reader reads it."""
+    for name in ("file_name", "question_id"):
+        value = row.get(name)
+        if isinstance(value, str):
+            digits = re.findall(r"\d+", Path(value).stem)
+            if digits:
+                return int(digits[-1])
+    return row.get("id")
 
 
 def read_references(path: str, split: str | None = None) -> dict[str, list[str]]:
@@ -235,13 +239,18 @@ def read_references(path: str, split: str | None = None) -> dict[str, list[str]]
 
     refs: dict[str, list[str]] = {}
     if is_table(path):
-        for n, row in enumerate(read_table(path, ["question_id", "answer"], split=split)):
+        rows = read_table(path, ["question_id", "answer", "file_name", "id"], split=split,
+                          optional=("file_name", "id"))
+        for n, row in enumerate(rows):
             answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
-            key = image_id_from_question_id(row["question_id"])
-            if str(key) in refs:
-                raise UserError(f"{path}: duplicate image {row['question_id']!r}")
-            for caption in answers:
-                _add(refs, key, caption, f"{path}: row {n}")
+            key = hf_image_id(row)
+            if key is None:
+                raise UserError(f"{path}: row {n} has no image id (file_name, question_id or id)")
+            for caption in answers:  # several rows of one image add references, once each
+                if not isinstance(caption, str) or caption not in refs.get(str(key), []):
+                    _add(refs, key, caption, f"{path}: row {n}")
+        if not refs:
+            raise UserError(f"{path}: no captions")
         return refs
     data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):

@@ -122,17 +122,29 @@ def is_table(path: str | Path) -> bool:
     return path.is_dir()
 
 
+SPLIT_ALIASES = [("val", "validation"), ("testdev", "test-dev", "test_dev")]
+
+
+def split_names(split: str) -> set[str]:
+    """`split` and its usual other spellings."""
+    return {split}.union(*(set(g) for g in SPLIT_ALIASES if split in g))
+
+
 def _parquet_files(path: Path, split: str | None) -> list[Path]:
     files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
     if not files:
         raise UserError(f"{path}: no .parquet files and not a `datasets` save_to_disk folder")
     if split and path.is_dir():
-        chosen = [f for f in files if split in f.relative_to(path).parts[:-1]
-                  or f.name.split("-")[0].split(".")[0] == split]
+        names = split_names(split)
+        chosen = [f for f in files if names & set(f.relative_to(path).parts[:-1])
+                  or f.name.split("-")[0].split(".")[0] in names]
         if not chosen:
             names = sorted({f.name.split("-")[0].split(".")[0] for f in files})
             raise UserError(f"{path}: no parquet file for split {split!r} (files start with {', '.join(names)})")
         files = chosen
+    elif len({f.name.split("-")[0] for f in files}) > 1:
+        names = sorted({f.name.split("-")[0] for f in files})
+        raise UserError(f"{path}: holds several splits; choose one with --split ({', '.join(names)})")
     return files
 
 
@@ -153,6 +165,7 @@ def read_table(path: str | Path, columns: list[str], split: str | None = None,
         if isinstance(ds, datasets.DatasetDict):
             if split is None and len(ds) == 1:
                 split = next(iter(ds))
+            split = next((n for n in ds if split and n in split_names(split)), split)
             if split not in ds:
                 raise UserError(f"{path}: choose a split with --split ({', '.join(ds)})")
             ds = ds[split]

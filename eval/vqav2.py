@@ -9,6 +9,7 @@ processor, and the answers are always normalized too (so "Yes" matches ten "yes"
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ ARTICLES = {"a", "an", "the"}
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 PERIOD_STRIP_COUNT = int(re.UNICODE)  # 32
 COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_ANY_PUNCT = re.compile("[" + re.escape("".join(PUNCT)) + ".]")
 
 
 def _load_contractions() -> dict[str, str]:
@@ -46,6 +48,8 @@ CONTRACTIONS = _load_contractions()
 def process_punctuation(text: str) -> str:
     """Each punctuation mark is deleted if it touches a space anywhere in the text (or the text has a
     digit-comma-digit), else replaced by a space; then periods not followed by a digit are deleted."""
+    if not _ANY_PUNCT.search(text):
+        return text
     out = text
     has_digit_comma = COMMA_STRIP.search(text) is not None
     for p in PUNCT:
@@ -65,6 +69,7 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # answers repeat a lot across questions
 def normalize(text: str) -> str:
     return process_digit_article(process_punctuation(text))
 

@@ -6,6 +6,7 @@ import pytest
 
 from eval import coco, gqa, vqav2
 from vlm_grades.cli import main
+from vlm_grades.errors import UserError
 
 
 def _write(path, obj):
@@ -86,6 +87,8 @@ def test_vqav2_hugging_face_layouts(tmp_path, vqa_files):
     pq.write_table(pa.Table.from_pylist(rows), folder / "validation-00000-of-00001.parquet")
     pq.write_table(pa.Table.from_pylist(rows[:1]), folder / "testdev-00000-of-00001.parquet")
     from_parquet = vqav2.read_references(str(tmp_path / "hf"), split="validation")
+    with pytest.raises(UserError, match="several splits; choose one with --split"):
+        vqav2.read_references(str(tmp_path / "hf"))
     official = vqav2.read_references(vqa_files[1])
     assert from_parquet == official
 
@@ -144,6 +147,8 @@ def test_coco_reference_layouts(tmp_path):
     (tmp_path / "hf").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hf" / "val-00000-of-00001.parquet")
     assert coco.read_references(str(tmp_path / "hf"), split="val") == expected
+    assert coco.read_references(str(tmp_path / "hf"), split="validation") == expected
+    assert coco.read_references(str(tmp_path / "hf")) == expected
 
 
 def test_easyvqa_package_default_and_partial(capsys, tmp_path):
