@@ -48,6 +48,33 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
     return summary, per_sample
 
 
+def score_captions(predictions: dict[str, str], references: dict[str, dict[str, Any]],
+                   raw: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
+    """The easy-VQA caption task ("a red triangle"): exact match, and how often the caption names the
+    right colour and the right shape."""
+    per_sample: dict[str, float] = {}
+    color, shape = [], []
+    for k, ref in references.items():
+        pred = predictions[k] if raw else preprocess(predictions[k])
+        per_sample[k] = 1.0 if pred == ref["caption"] else 0.0
+        words, ref_words = set(pred.split()), ref["caption"].split()
+        color.extend(float(w in words) for w in ref_words if w in COLORS)
+        shape.extend(float(w in words) for w in ref_words if w in SHAPES)
+    summary = {"accuracy": _mean100(list(per_sample.values())), "color": _mean100(color),
+               "shape": _mean100(shape), "n": len(per_sample),
+               "preprocessing": "raw" if raw else "strip trailing period, lowercase"}
+    return summary, per_sample
+
+
+def caption_references_from_samples(samples) -> dict[str, dict[str, Any]]:
+    refs = {}
+    for s in samples:
+        if not s.targets:
+            raise UserError(f"easyvqa-caption sample {s.id}: no caption to score against")
+        refs[s.id] = {"caption": s.targets[0]}
+    return refs
+
+
 def _from_rows(rows: list, name: str) -> dict[str, dict[str, Any]]:
     refs = {}
     for n, row in enumerate(rows):

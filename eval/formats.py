@@ -18,6 +18,7 @@ PRED_FIELDS = {
     "gqa": ("questionId", "prediction"),
     "coco": ("image_id", "caption"),
     "easyvqa": ("question_id", "answer"),
+    "easyvqa-caption": ("image_id", "caption"),
 }
 
 

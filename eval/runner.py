@@ -17,10 +17,10 @@ from typing import Any, Callable
 from eval import coco, easyvqa, formats, gqa, vqav2
 from vlm_grades.errors import UserError
 
-TASKS = ("vqav2", "gqa", "coco", "easyvqa")
-MODULES = {"vqav2": vqav2, "gqa": gqa, "coco": coco, "easyvqa": easyvqa}
-HEADLINE = {"vqav2": "accuracy", "gqa": "accuracy", "coco": "CIDEr", "easyvqa": "accuracy"}
-MAX_NEW_TOKENS = {"vqav2": 16, "gqa": 16, "coco": 64, "easyvqa": 8}
+TASKS = ("vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption")
+HEADLINE = {"vqav2": "accuracy", "gqa": "accuracy", "coco": "CIDEr", "easyvqa": "accuracy",
+            "easyvqa-caption": "accuracy"}
+MAX_NEW_TOKENS = {"vqav2": 16, "gqa": 16, "coco": 64, "easyvqa": 8, "easyvqa-caption": 8}
 
 
 def _check_task(task: str) -> None:
@@ -50,6 +50,8 @@ def score_predictions(task: str, predictions: dict[str, str], references: dict[s
         metrics, per_sample = gqa.score(kept, refs, raw=raw)
     elif task == "easyvqa":
         metrics, per_sample = easyvqa.score(kept, refs, raw=raw)
+    elif task == "easyvqa-caption":
+        metrics, per_sample = easyvqa.score_captions(kept, refs, raw=raw)
     else:
         metrics, per_sample = coco.score(kept, refs, spice=spice, spice_corenlp=spice_corenlp, log=log)
     result = {"task": task, "metric": HEADLINE[task], "score": metrics[HEADLINE[task]],
@@ -63,7 +65,9 @@ def references_from_samples(task: str, samples: list) -> dict[str, Any]:
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             raise UserError(f"{task} samples: duplicate sample ids")
-    return MODULES[task].references_from_samples(samples)
+    if task == "easyvqa-caption":
+        return easyvqa.caption_references_from_samples(samples)
+    return {"vqav2": vqav2, "gqa": gqa, "coco": coco, "easyvqa": easyvqa}[task].references_from_samples(samples)
 
 
 def sample_key(task: str, sample) -> str:
@@ -156,10 +160,11 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
 
 def _sample_record(task, sample, key, text, references, per_sample) -> dict[str, Any]:
     ref = references[key]
-    refs = ref if task == "coco" else ref["answers"] if task == "vqav2" else [ref["answer"]]
+    refs = (ref if task == "coco" else ref["answers"] if task == "vqav2"
+            else [ref["caption"]] if task == "easyvqa-caption" else [ref["answer"]])
     record = {"id": sample.id, "prompt": sample.prompt, "prediction": text, "references": refs,
               "score": per_sample.get(key)}
-    if task in ("gqa", "easyvqa") and key in per_sample:
+    if task in ("gqa", "easyvqa", "easyvqa-caption") and key in per_sample:
         record["correct"] = per_sample[key] == 1.0
     if task == "vqav2":
         record["correct"] = per_sample.get(key) == 1.0
@@ -181,6 +186,9 @@ def format_table(result: dict[str, Any]) -> str:
         for name in coco.METRICS + ("SPICE",):
             if name in m:
                 add(name, m[name])
+    elif task == "easyvqa-caption":
+        for name in ("accuracy", "color", "shape"):
+            add(name, m[name])
     else:
         add("accuracy", m["accuracy"])
         if task == "gqa":

@@ -91,6 +91,19 @@ def test_evaluate_gqa_and_easyvqa(tmp_path):
     assert result["score"] == 50.0 and result["metrics"]["per_kind"] == {"color": 100.0, "shape": 0.0}
 
 
+def test_evaluate_easyvqa_caption(tmp_path):
+    samples = [Sample(id=str(i), image="x.png", prompt="Caption:" + str(i), targets=[c], task="easyvqa-caption",
+                      meta={"image_id": i}) for i, c in enumerate(["a red triangle", "a blue circle", "a teal circle"])]
+    adapter = FakeAdapter({"Caption:0": "A red triangle.", "Caption:1": "a red circle", "Caption:2": "a teal square"})
+    result = runner.evaluate(adapter, samples, "easyvqa-caption", tmp_path, progress=False)
+    m = result["metrics"]
+    assert m["accuracy"] == pytest.approx(100 / 3)
+    assert m["color"] == pytest.approx(200 / 3) and m["shape"] == pytest.approx(200 / 3)
+    written = json.loads((tmp_path / "easyvqa-caption_predictions.json").read_text())
+    assert written[0] == {"image_id": 0, "caption": "A red triangle."}
+    assert "accuracy" in runner.format_table(result)
+
+
 def test_evaluate_errors(tmp_path):
     samples, answers = _vqa_samples()
     with pytest.raises(RuntimeError, match="returned 1 answers for a batch of 2"):

@@ -10,12 +10,13 @@ from vlm_grades.errors import UserError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="generate answers with a model and score them", description=__doc__)
-    p.add_argument("--task", required=True, choices=["vqav2", "gqa", "coco", "easyvqa"], help="benchmark")
+    p.add_argument("--task", required=True, choices=["vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption"],
+                   help="benchmark (easyvqa-caption: exact-match and colour/shape accuracy of the captions)")
     p.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT",
                    help="a run folder (its final/ model) or a model checkpoint folder")
     p.add_argument("--data", metavar="SOURCE",
-                   help="data folder, file or Hugging Face id (not needed for easyvqa: the easy-vqa package)")
-    p.add_argument("--split", help="split to evaluate (default: test for easyvqa, validation otherwise)")
+                   help="data folder, file or Hugging Face id (not needed for easyvqa*: the easy-vqa package)")
+    p.add_argument("--split", help="split to evaluate (default: test for easyvqa*, validation otherwise)")
     p.add_argument("--max-samples", type=int, help="evaluate at most this many samples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default 16)")
     p.add_argument("--max-new-tokens", type=int,
@@ -47,9 +48,10 @@ def run(args) -> int:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, not {value}")
     if args.num_workers < 0:
         raise UserError(f"--num-workers: must be 0 or more, not {args.num_workers}")
-    if args.task != "easyvqa" and not args.data:
+    easy = args.task.startswith("easyvqa")
+    if not easy and not args.data:
         raise UserError(f"--data: task {args.task} needs a data source (folder, file or Hugging Face id)")
-    split = args.split or ("test" if args.task == "easyvqa" else "validation")
+    split = args.split or ("test" if easy else "validation")
     kwargs = {"max_samples": args.max_samples}
     if args.prompt:
         kwargs["prompt"] = args.prompt
