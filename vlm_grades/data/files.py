@@ -1,6 +1,7 @@
 """Finding and reading the official files of a data set: JSON files by name, image folders by probing."""
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Callable, Iterable
@@ -28,6 +29,8 @@ def find_file(root: Path, names: Iterable[str], subdirs: Iterable[str] = ANNOTAT
 
 
 def read_json(path: Path):
+    enabled = gc.isenabled()
+    gc.disable()   # millions of fresh containers, none cyclic: collections would only slow parsing 2x
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -35,6 +38,9 @@ def read_json(path: Path):
         raise UserError(f"{path}: not valid JSON ({e})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def require_key(data, key: str, path: Path, kind: type = list):

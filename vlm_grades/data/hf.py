@@ -32,7 +32,11 @@ def looks_like_hub_id(source: str) -> bool:
 
 
 def _parquet_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*.parquet") if p.is_file())
+    # at most three levels down (hub layouts: data/x.parquet, <config>/x.parquet, <config>/<split>/x.parquet):
+    # never a walk through a folder of 100,000 images
+    found = [p for pattern in ("*.parquet", "*/*.parquet", "*/*/*.parquet", "*/*/*/*.parquet")
+             for p in folder.glob(pattern)]
+    return sorted(p for p in found if p.is_file())
 
 
 def is_local_hf(path: Path) -> bool:

@@ -74,25 +74,28 @@ def _sample(qid, image, question: str, ann: dict | None, template: str) -> Sampl
 
 # ---------------------------------------------------------------- official JSON
 
-def _index_annotations(path: Path, issues: Issues) -> tuple[dict, dict]:
-    """question_id -> cleaned annotation, and question_id -> why its annotation is unusable."""
+def _index_annotations(path: Path, issues: Issues) -> dict:
+    """question_id -> raw annotation (checked when its question is reached: --max-samples stays cheap)."""
     anns = require_key(read_json(path), "annotations", path)
-    good, bad = {}, {}
+    index = {}
     for i, a in enumerate(anns):
         qid = a.get("question_id") if isinstance(a, dict) else None
         if qid is None:
             issues.skip("missing field", f"missing field 'question_id' in annotation #{i}", path)
             continue
-        missing = next((k for k in ("multiple_choice_answer", "answers") if a.get(k) is None), None)
-        if missing:
-            bad[qid] = ("missing field", f"missing field {missing!r} in annotation {qid}")
-            continue
-        answers = _answers(a["answers"])
-        if answers is None or not isinstance(a["multiple_choice_answer"], str):
-            bad[qid] = ("bad record", f"malformed answers in annotation {qid}")
-            continue
-        good[qid] = {**a, "answers": answers}
-    return good, bad
+        index[qid] = a
+    return index
+
+
+def _clean_annotation(a: dict, qid) -> tuple[dict | None, tuple[str, str] | None]:
+    """(annotation with answers as strings, None) or (None, (issue kind, text))."""
+    missing = next((k for k in ("multiple_choice_answer", "answers") if a.get(k) is None), None)
+    if missing:
+        return None, ("missing field", f"missing field {missing!r} in annotation {qid}")
+    answers = _answers(a["answers"])
+    if answers is None or not isinstance(a["multiple_choice_answer"], str):
+        return None, ("bad record", f"malformed answers in annotation {qid}")
+    return {**a, "answers": answers}, None
 
 
 def _image_name(img_folder: str, image_id: int) -> list[str]:
@@ -109,7 +112,7 @@ def load_official(questions_path: Path, split: str, issues: Issues, template: st
         raise UserError(f"{root}: v2_mscoco_{q_infix}_annotations.json not found next to {questions_path.name}; "
                         f"pass allow_unanswered (--allow-unanswered) to load the questions for prediction only")
     questions = require_key(read_json(questions_path), "questions", questions_path)
-    anns, bad = _index_annotations(ann_path, issues) if ann_path else ({}, {})
+    anns = _index_annotations(ann_path, issues) if ann_path else {}
 
     def path_in(folder: Path, q) -> Path | None:
         image_id = q.get("image_id") if isinstance(q, dict) else None
@@ -131,6 +134,7 @@ def load_official(questions_path: Path, split: str, issues: Issues, template: st
     order = list(range(len(questions)))
     if shuffle:
         random.Random(seed).shuffle(order)
+    image_of: dict = {}    # image id -> path (about five questions share an image)
     for i in order:
         q = questions[i]
         qid = q.get("question_id") if isinstance(q, dict) else None
@@ -141,16 +145,22 @@ def load_official(questions_path: Path, split: str, issues: Issues, template: st
         if missing:
             issues.skip("missing field", f"missing field {missing!r} in question {qid}", questions_path)
             continue
+        if not isinstance(q["image_id"], int):
+            issues.skip("bad record", f"image_id {q['image_id']!r} is not a number in question {qid}", questions_path)
+            continue
         ann = None
         if ann_path is not None:
-            if qid in bad:
-                issues.skip(*bad[qid], ann_path)
-                continue
-            ann = anns.get(qid)
-            if ann is None:
+            if qid not in anns:
                 issues.skip("no annotation", f"question {qid} has no annotation in {ann_path.name}", ann_path)
                 continue
-        image = path_in(folder, q) or folder / _image_name(img_folder, q["image_id"])[0]
+            ann, problem = _clean_annotation(anns[qid], qid)
+            if problem:
+                issues.skip(*problem, ann_path)
+                continue
+        image_id = q["image_id"]
+        if image_id not in image_of:
+            image_of[image_id] = path_in(folder, q) or folder / _image_name(img_folder, image_id)[0]
+        image = image_of[image_id]
         sample = _sample(qid, image, q["question"], ann, template)
         sample.meta["image_id"] = q["image_id"]
         yield sample
