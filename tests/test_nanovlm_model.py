@@ -152,9 +152,9 @@ def test_loss_ignores_prompt_and_padding():
     logits, loss = model(a[None], images[:1], labels=labels_a[None])
     manual = torch.nn.functional.cross_entropy(logits[0, -4:-1], a[-3:])
     assert torch.allclose(loss, manual)
-    # changing prompt tokens' labels (still -100) or text does not matter; changing an answer label does
-    _, same = model(a[None], images[:1], labels=labels_a[None])
-    assert torch.equal(same, loss)
+    # the -100 prompt positions really are left out: labelling everything gives another value
+    _, everything = model(a[None], images[:1], labels=a[None])
+    assert not torch.allclose(everything, loss)
     # a left-padded batch gives each row the loss it has alone; labels on padding are ignored
     ids, mask = left_pad([a, b])
     labels, _ = left_pad([labels_a, labels_b], pad=7)  # padding carries junk labels
