@@ -77,3 +77,15 @@ def test_hf_layout(tmp_path, fmt):
     assert samples[2].targets == d["captions"][632] and samples[2].meta["image_id"] == 632
     assert samples[2].meta["file_name"] == "000000000632.jpg"
     assert isinstance(samples[2].image, bytes) and load_image(samples[2].image).size == (16, 16)
+
+
+def test_karpathy_record_missing_field(tmp_path):
+    d = write_coco_karpathy(tmp_path)
+    data = json.loads(d["file"].read_text())
+    del data["images"][3]["sentences"]                  # test image 301
+    d["file"].write_text(json.dumps(data))
+    samples = load_samples("coco", d["source"], split="test")
+    assert [s.id for s in samples] == ["302"]
+    assert samples.summary == "coco test: 1 samples, skipped 1 (1 missing field 'sentences' in image 301)"
+    with pytest.raises(UserError, match=r"dataset_coco.json: missing field 'sentences' in image 301$"):
+        load_samples("coco", d["source"], split="test", strict=True)
