@@ -95,6 +95,11 @@ def test_vqav2_hugging_face_layouts(tmp_path, vqa_files):
     import datasets
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
     assert vqav2.read_references(str(tmp_path / "saved")) == official
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows),
+                          "testdev": datasets.Dataset.from_list(rows[:1])}).save_to_disk(str(tmp_path / "dd"))
+    assert vqav2.read_references(str(tmp_path / "dd"), split="val") == official
+    with pytest.raises(UserError, match="choose a split with --split"):
+        vqav2.read_references(str(tmp_path / "dd"))
 
 
 def test_gqa_official_and_hugging_face(capsys, tmp_path):
