@@ -76,3 +76,12 @@ def test_hf_streaming_shuffled(tmp_path, monkeypatch):
     stream = load_samples("gqa", d["source"], split="testdev", streaming=True, shuffle=True, seed=1)
     ids = [s.id for s in stream]
     assert sorted(ids) == sorted(d["question_ids"]) and ids == [s.id for s in stream]
+
+
+def test_hf_folder_without_the_images_config(tmp_path):
+    import shutil
+
+    d = write_hf_gqa(tmp_path)
+    shutil.rmtree(tmp_path / "testdev_balanced_images")
+    with pytest.raises(UserError, match="no testdev_balanced_images folder; expected testdev_balanced_questions.json"):
+        load_samples("gqa", d["source"], split="testdev")

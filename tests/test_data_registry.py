@@ -100,8 +100,8 @@ def test_hub_ids_call_load_dataset(tmp_path, monkeypatch):
                               ("lmms-lab/GQA", "testdev_balanced_images", "testdev", False)]
     stream = load_samples("vqav2", "lmms-lab/VQAv2", split="val", streaming=True, max_samples=2)
     assert len(list(stream)) == 2 and hub.calls[-1][3] is True
-    with pytest.raises(UserError, match="^someone/missing: could not load the Hugging Face data set \\(split 'val'\\): "
-                                        "FileNotFoundError"):
+    with pytest.raises(UserError, match="^someone/missing: no such local file or folder, and could not load it as a "
+                                        "Hugging Face data set \\(split 'val'\\): FileNotFoundError"):
         load_samples("coco", "someone/missing", split="val")
 
 

@@ -104,6 +104,11 @@ def load_hf(source: str, split: str, issues: Issues, template: str, *, shuffle: 
     name = full_split(split)
     hub_split = name.split("_")[0]
     names = hf.split_names(hub_split)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        absent = [c for c in (f"{name}_instructions", f"{name}_images") if not (local / c).is_dir()]
+        if absent:
+            raise UserError(f"{source}: no {' or '.join(absent)} folder; expected {expected(split)}")
     questions = hf.open_source(source, names, f"{name}_instructions", streaming)
     # images are looked up by id: always a random-access (memory-mapped) data set
     images = hf.open_source(source, names, f"{name}_images", streaming=False)

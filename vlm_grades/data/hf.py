@@ -113,8 +113,8 @@ def open_hub(repo: str, config: str | None, split: str, streaming: bool = False)
         return datasets.load_dataset(repo, config, split=split, streaming=streaming)
     except Exception as e:
         what = f"config {config!r}, " if config else ""
-        raise UserError(f"{repo}: could not load the Hugging Face data set ({what}split {split!r}): "
-                        f"{type(e).__name__}: {e}") from None
+        raise UserError(f"{repo}: no such local file or folder, and could not load it as a Hugging Face data set "
+                        f"({what}split {split!r}): {type(e).__name__}: {e}") from None
 
 
 def open_source(source: str, names: list[str], config: str | None = None, streaming: bool = False):
