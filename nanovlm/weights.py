@@ -38,6 +38,8 @@ def _resolve(source: str | os.PathLike) -> Path:
     p = Path(source).expanduser()
     if p.exists():
         return p
+    if p.name == SMOLLM2_NAME:  # the fetch cache, not created yet
+        raise UserError(f"{p}: SmolLM2-135M weights are not cached; {_FETCH_HINT}")
     s = str(source)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", s) or s.startswith((".", "/", "~")):
         raise UserError(f"{s}: no such checkpoint folder")

@@ -174,6 +174,8 @@ def test_missing_cache_says_how_to_fetch(tmp_path, monkeypatch):
         require_smollm2_cache()
     with pytest.raises(UserError, match="vlm-grades fetch smollm2-135m"):
         load_smollm2(LanguageModel(VLMConfig(**LM)), "smollm2-135m")
+    with pytest.raises(UserError, match="vlm-grades fetch smollm2-135m"):
+        load_smollm2(LanguageModel(VLMConfig(**LM)), str(smollm2_cache_dir()))
     monkeypatch.delenv("VLM_GRADES_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert smollm2_cache_dir() == tmp_path / "xdg" / "vlm-grades" / "smollm2-135m"
