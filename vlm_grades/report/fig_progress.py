@@ -6,7 +6,7 @@ import math
 import matplotlib.pyplot as plt
 
 from vlm_grades.report.run_data import RunData, num
-from vlm_grades.report.style import RC, color, empty_figure, to_png
+from vlm_grades.report.style import RC, color, empty_figure, line, to_png
 
 
 def frozen_fraction(run: RunData, modality: str) -> tuple[list[int], list[float]]:
@@ -31,7 +31,7 @@ def render(run: RunData) -> bytes:
         for m in run.modalities:
             steps, frac = frozen_fraction(run, m)
             if steps:
-                a_frz.step(steps, [100 * f for f in frac], where="post", color=color(m), lw=2, label=m)
+                a_frz.step(steps, [100 * f for f in frac], where="post", label=m, **line(m))
         a_frz.set_ylabel("components frozen (%)")
         a_frz.set_ylim(-3, 103)
         a_frz.set_title("Frozen fraction per modality", loc="left")
@@ -51,8 +51,7 @@ def render(run: RunData) -> bytes:
                   for r in run.metrics]
             lr = [(s, v) for s, v in lr if math.isfinite(v) and v > 0]
             if lr:
-                a_lr.plot([s for s, _ in lr], [v for _, v in lr], color=color(m), label=m,
-                          lw=3.2 if m == "vision" else 1.8, ls={"language": "--"}.get(m, "-"))
+                a_lr.plot([s for s, _ in lr], [v for _, v in lr], label=m, **line(m))
         if a_lr.lines:
             a_lr.set_yscale("log")
         a_lr.set_ylabel("learning rate")

@@ -63,10 +63,16 @@ def render(run: RunData) -> bytes:
                 ax.axvspan(0, run.grace_end, color="#e8e8e8", zorder=0)
                 handles.append(Patch(color="#e8e8e8", label="grace period"))
             if taus:
-                shown = sorted(taus) if len(taus) <= 3 else [sorted(taus)[len(taus) // 2]]
-                for t in shown:
-                    ax.axhline(t, color="crimson", ls="--", lw=1.4, zorder=3)
-                label = "τ = " + ", ".join(f"{t:.3g}" for t in shown) if len(taus) <= 3 else f"τ (median {shown[0]:.3g})"
+                ordered = sorted(taus)
+                if len(ordered) <= 3:
+                    for t in ordered:
+                        ax.axhline(t, color="crimson", ls="--", lw=1.4, zorder=3)
+                    label = "τ = " + ", ".join(f"{t:.3g}" for t in ordered)
+                else:  # per-component thresholds (auto-calibrated): their range and median
+                    ax.axhspan(ordered[0], ordered[-1], color="crimson", alpha=0.08, zorder=0)
+                    ax.axhline(statistics.median(ordered), color="crimson", ls="--", lw=1.4, zorder=3)
+                    handles.append(Patch(color="crimson", alpha=0.15, label="τ range over components"))
+                    label = f"τ median ({statistics.median(ordered):.3g})"
                 handles.append(Line2D([], [], color="crimson", ls="--", lw=1.4, label=label))
             if fx:
                 ax.scatter(fx, fy, marker="X", s=46, color=color(m), edgecolors="black", linewidths=0.7, zorder=4)

@@ -11,6 +11,9 @@ from matplotlib import colormaps  # noqa: E402
 
 DPI = 150
 MODALITY_COLOR = {"vision": "#1f5fa8", "projector": "#2a8a3e", "language": "#d4600b"}
+# Overlapping curves stay visible: wide solid vision under dash-dot projector under thin dashed language.
+MODALITY_LINE = {"vision": {"ls": "-", "lw": 3.2}, "projector": {"ls": "-.", "lw": 2.4},
+                 "language": {"ls": "--", "lw": 1.8}}
 MODALITY_CMAP = {"vision": "Blues", "projector": "Greens", "language": "Oranges"}
 KIND_GROUPS = ("attention", "MLP", "projector", "other")
 
@@ -21,6 +24,10 @@ RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fonts
 
 def color(modality: str) -> str:
     return MODALITY_COLOR.get(modality, "#555555")
+
+
+def line(modality: str) -> dict:
+    return {"color": color(modality), **MODALITY_LINE.get(modality, {"ls": ":", "lw": 1.8})}
 
 
 def shade(modality: str, layer: int, layers: int):
