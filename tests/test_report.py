@@ -134,3 +134,13 @@ def test_broken_registry_and_bad_format(tmp_path, capsys):
 def test_report_folder_written_to_given_out(reported):
     run, out, _ = reported
     assert Path(out).is_dir() and not (run / "report").exists()
+
+
+def test_csv_on_request(tmp_path):
+    truth = make_run(tmp_path / "run", total_steps=60, seed=2)
+    _, written = write_report(tmp_path / "run", tmp_path / "out", ["csv"])
+    assert [p.name for p in written] == ["components.csv"]
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "out" / "components.csv")))
+    assert len(rows) == 30
+    assert {r["name"]: int(r["freeze_step"]) for r in rows if r["freeze_step"]} == truth.freeze_steps

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by `vlm-grades train`")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RUN/report)")
     p.add_argument("--format", default=",".join(FORMATS), metavar="LIST",
-                   help=f"comma-separated outputs among {','.join(FORMATS)} (default: all)")
+                   help=f"comma-separated outputs among {','.join(FORMATS)} (default: all) and csv "
+                        "(components.csv, per-component table)")
     p.add_argument("--live", action="store_true",
                    help="print the summary table repeatedly until the run's end event (or Ctrl-C); writes no files")
     p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",

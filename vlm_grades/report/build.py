@@ -1,6 +1,7 @@
 """Write a run's report folder: report.json, the PNG figures, report.md and a self-contained report.html."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from vlm_grades.errors import UserError
@@ -10,13 +11,14 @@ from vlm_grades.report.run_data import RunData
 from vlm_grades.run_folder import write_json_atomic
 
 FORMATS = ("html", "png", "json", "md")
+EXTRA_FORMATS = ("csv",)  # components.csv, on request
 
 
 def parse_formats(text: str) -> list[str]:
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
+    bad = [f for f in formats if f not in FORMATS + EXTRA_FORMATS]
     if bad or not formats:
-        raise UserError(f"--format: unknown format {', '.join(bad) or '(none)'} (choose from {','.join(FORMATS)})")
+        raise UserError(f"--format: unknown format {', '.join(bad) or '(none)'} (choose from {','.join(FORMATS + EXTRA_FORMATS)})")
     return formats
 
 
@@ -26,7 +28,8 @@ def summary_text(report: dict) -> str:
     head = (f"run {facts['name']}: {facts['status']}, step {facts['steps_run']}/{facts['planned_steps'] or '?'}"
             f", stop reason: {facts['stop_reason'] or '-'}, wall {table.fmt_seconds(facts['wall_time'])}"
             f", loss {table.fmt_num(facts['final_loss'])}")
-    return head + "\n" + table.text(table.SUMMARY_HEADERS, rows)
+    return (head + "\n" + table.text(table.SUMMARY_HEADERS, rows)
+            + "\nFLOPs: estimated training FLOPs saved vs. the same run without freezing (model in report.json).")
 
 
 def write_report(run_path: str | Path, out: str | Path | None = None,
@@ -50,6 +53,12 @@ def write_report(run_path: str | Path, out: str | Path | None = None,
     if "md" in formats:
         (out / "report.md").write_text(markdown.render(report, list(figures) if "png" in formats else []))
         written.append(out / "report.md")
+    if "csv" in formats:
+        with open(out / "components.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(report["components"][0]) if report["components"] else ["name"])
+            writer.writeheader()
+            writer.writerows(report["components"])
+        written.append(out / "components.csv")
     if "html" in formats:
         (out / "report.html").write_text(html.render(report, figures, run.config_text))
         written.append(out / "report.html")

@@ -48,7 +48,7 @@ def render(run: RunData) -> bytes:
         return empty_figure(title, "no convergence checks logged yet")
     with plt.rc_context(RC):
         fig, (a_cur, a_box) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True,
-                                         gridspec_kw={"width_ratios": [1.5, 1]})
+                                         gridspec_kw={"width_ratios": [1.5, 1]}, layout="constrained")
         for (m, g), pts in curves.items():
             a_cur.plot([s for s, _ in pts], [v for _, v in pts], color=color(m), ls=LINESTYLE[g], lw=2,
                        label=f"{_label(m, g)} ({len(grp[(m, g)])})")
@@ -56,7 +56,7 @@ def render(run: RunData) -> bytes:
         a_cur.set_xlabel("optimizer step")
         a_cur.set_ylabel(f"median {run.metric_name or 'statistic'}")
         a_cur.set_title("Median over the components still monitored", loc="left")
-        a_cur.legend(framealpha=0.9)
+        fig.legend(handles=a_cur.get_lines(), loc="outside lower center", ncol=min(len(curves), 5), frameon=False)
         keys = list(boxes)
         bp = a_box.boxplot([boxes[k] for k in keys], patch_artist=True, widths=0.6)
         for patch, (m, g) in zip(bp["boxes"], keys):
@@ -69,5 +69,4 @@ def render(run: RunData) -> bytes:
         a_box.yaxis.set_tick_params(labelleft=True)
         a_box.set_title("Distribution across components", loc="left")
         fig.suptitle(title, fontsize=13)
-        fig.tight_layout()
         return to_png(fig)
