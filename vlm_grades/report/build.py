@@ -18,13 +18,14 @@ def parse_formats(text: str) -> list[str]:
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS + EXTRA_FORMATS]
     if bad or not formats:
-        raise UserError(f"--format: unknown format {', '.join(bad) or '(none)'} (choose from {','.join(FORMATS + EXTRA_FORMATS)})")
+        choices = ",".join(FORMATS + EXTRA_FORMATS)
+        raise UserError(f"--format: unknown format {', '.join(bad) or '(none)'} (choose from {choices})")
     return formats
 
 
 def summary_text(report: dict) -> str:
     facts = report["run"]
-    rows = table.summary_rows(report["modalities"]) + [table.total_row(report["flops"]["total"], report["modalities"])]
+    rows = table.summary_with_total(report)
     head = (f"run {facts['name']}: {facts['status']}, step {facts['steps_run']}/{facts['planned_steps'] or '?'}"
             f", stop reason: {facts['stop_reason'] or '-'}, wall {table.fmt_seconds(facts['wall_time'])}"
             f", loss {table.fmt_num(facts['final_loss'])}")

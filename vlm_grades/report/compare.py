@@ -38,7 +38,8 @@ def summarize(run: RunData) -> dict:
     f = flops.estimate(run)
     return {"name": run.name, "path": str(run.path), "status": "finished" if run.ended else "running or interrupted",
             "steps": run.last_step, "planned_steps": run.total_steps, "stop_reason": run.stop_reason,
-            "wall_time": run.wall_time, "flops": f["total"]["actual"], "flops_saved_fraction": f["total"]["saved_fraction"],
+            "wall_time": run.wall_time, "flops": f["total"]["actual"],
+            "flops_saved_fraction": f["total"]["saved_fraction"],
             "frozen": len(run.freeze_steps), "components": len(run.components),
             "final_loss": final_loss(run), "scores": final_scores(run)}
 
@@ -71,7 +72,8 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         for t in tasks:
             s = r["scores"].get(t)
             d = r["score_delta"].get(t)
-            row.append("-" if s is None else f"{s:.2f}" + (f" ({d:+.2f})" if d is not None and not r["is_baseline"] else ""))
+            delta = f" ({d:+.2f})" if d is not None and not r["is_baseline"] else ""
+            row.append("-" if s is None else f"{s:.2f}{delta}")
         row += ["-" if r["speedup_wall"] is None else f"{r['speedup_wall']:.2f}x",
                 "-" if r["speedup_flops"] is None else f"{r['speedup_flops']:.2f}x"]
         rows.append(row)

@@ -66,7 +66,8 @@ def render(run: RunData) -> bytes:
                            label=f"stop: {stop.get('reason', '')}" if ax is a_frz else None)
             if run.total_steps and run.total_steps > run.last_step and ax is a_frz:
                 ax.set_xlim(right=run.total_steps)
-                ax.axvspan(run.last_step, run.total_steps, color="#eeeeee", zorder=0, label="planned, not run" if run.ended else "planned, not reached yet")
+                ax.axvspan(run.last_step, run.total_steps, color="#eeeeee", zorder=0,
+                           label="planned, not run" if run.ended else "planned, not reached yet")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="best", framealpha=0.9)
         fig.suptitle(title, fontsize=13)

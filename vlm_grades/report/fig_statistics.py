@@ -84,7 +84,8 @@ def render(run: RunData) -> bytes:
                 handles.append(Line2D([], [], color=color(m), ls=":", lw=1.5, label=f"finalized (step {fin})"))
             ax.set_yscale("log")
             ax.set_ylabel(metric)
-            ax.set_title(f"{m} ({len(comps)} component{'s' if len(comps) != 1 else ''})", color=color(m), loc="left", fontweight="bold")
+            plural = "s" if len(comps) != 1 else ""
+            ax.set_title(f"{m} ({len(comps)} component{plural})", color=color(m), loc="left", fontweight="bold")
             ax.legend(handles=handles, loc="upper right", framealpha=0.9, ncol=2 if len(handles) > 4 else 1)
         axes[-1, 0].set_xlabel("optimizer step")
         fig.suptitle(title, fontsize=13)

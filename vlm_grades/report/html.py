@@ -10,9 +10,12 @@ from vlm_grades.report.figures import FIGURES
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
 color:#222;line-height:1.45;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left}
-th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left}
+th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}.note{color:#555;font-size:.9em}
 """
@@ -45,7 +48,8 @@ def run_rows(facts: dict) -> list[list[str]]:
 def flops_rows(flop: dict) -> list[list[str]]:
     rows = []
     for name, f in list(flop["modalities"].items()) + [("total", flop["total"])]:
-        rows.append([name, table.fmt_flops(f["baseline"]), table.fmt_flops(f["saved"]), table.fmt_pct(f["saved_fraction"]),
+        rows.append([name, table.fmt_flops(f["baseline"]), table.fmt_flops(f["saved"]),
+                     table.fmt_pct(f["saved_fraction"]),
                      table.fmt_flops(f["baseline_planned"]), table.fmt_flops(f["saved_planned"]),
                      table.fmt_pct(f["saved_planned_fraction"])])
     return rows
@@ -65,7 +69,7 @@ def component_rows(components: list[dict]) -> list[list[str]]:
 
 def render(report: dict, figures: dict[str, bytes], config_text: str) -> str:
     facts = report["run"]
-    summary = table.summary_rows(report["modalities"]) + [table.total_row(report["flops"]["total"], report["modalities"])]
+    summary = table.summary_with_total(report)
     parts = [f"<h1>GradES report: {esc(facts['name'])}</h1>",
              f"<p class=note>{esc(facts['path'])}</p>",
              "<h2>Run</h2>", html_table(["", ""], run_rows(facts), numeric_from=99),

@@ -8,7 +8,7 @@ from vlm_grades.report.html import COMPONENT_HEADERS, FLOPS_HEADERS, component_r
 
 def render(report: dict, figure_names: list[str]) -> str:
     facts = report["run"]
-    summary = table.summary_rows(report["modalities"]) + [table.total_row(report["flops"]["total"], report["modalities"])]
+    summary = table.summary_with_total(report)
     out = [f"# GradES report: {facts['name']}", "", table.markdown(["", ""], run_rows(facts)), "",
            "## Convergence per modality", "", table.markdown(table.SUMMARY_HEADERS, summary), "",
            "## Training FLOPs saved (estimate)", "", table.markdown(FLOPS_HEADERS, flops_rows(report["flops"])), "",

@@ -80,6 +80,10 @@ def total_row(flop_total: dict, modalities: dict[str, dict]) -> list[str]:
             "-" if planned is None else f"{fmt_flops(planned)} ({fmt_pct(flop_total['saved_planned_fraction'])})"]
 
 
+def summary_with_total(report: dict) -> list[list[str]]:
+    return summary_rows(report["modalities"]) + [total_row(report["flops"]["total"], report["modalities"])]
+
+
 def text(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
