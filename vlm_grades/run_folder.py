@@ -32,6 +32,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         json.dump(_clean(obj), f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run folders are shared artefacts
     os.replace(tmp, path)
 
 

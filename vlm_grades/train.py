@@ -26,7 +26,7 @@ from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
 from vlm_grades.run_folder import RunFolder
 from vlm_grades.sampler import ResumableSampler
 from vlm_grades.models import build_adapter
-from vlm_grades.train_data import TrainDataset, load_split
+from vlm_grades.train_data import load_split, training_dataset
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio)
         self.grades = self._build_grades() if cfg.stopping == "grades" else None
 
-        self.dataset = TrainDataset(self.train_samples, self.adapter, cfg.seed)
+        self.dataset = training_dataset(self.train_samples, self.adapter, cfg.seed)
         self.sampler = ResumableSampler(len(self.dataset), cfg.seed, accelerator.process_index,
                                         accelerator.num_processes)
         per_step = cfg.batch_size * cfg.grad_accum

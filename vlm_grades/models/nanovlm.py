@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from nanovlm.config import VLMConfig
 from nanovlm.vision_language_model import VisionLanguageModel
@@ -64,19 +64,18 @@ class NanoVLMAdapter:
             tokenizer = build_word_tokenizer(texts)
             image_token = IMAGE
         else:
-            source = tokenizer_path or lm_weights or str(weights.smollm2_cache_dir())
+            source = tokenizer_path or lm_weights or str(weights.require_smollm2_cache())
             tokenizer = _load_tokenizer(source)
             image_token = next((t for t in SMOLLM2_IMAGE_TOKENS if t in tokenizer.get_vocab()), None)
             if image_token is None:
                 raise UserError(f"{source}: tokenizer has none of {SMOLLM2_IMAGE_TOKENS} to use as image token")
-        cfg = VLMConfig.preset(preset, **overrides)
-        if preset == "tiny":
-            cfg.lm_vocab_size = len(tokenizer)
-        cfg.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        cfg.eos_token_id = tokenizer.eos_token_id
-        cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        tokens = dict(image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        if preset == "tiny":
+            tokens["lm_vocab_size"] = len(tokenizer)
+        cfg = VLMConfig.preset(preset, **{**tokens, **overrides})
         model = VisionLanguageModel(cfg)
         if preset != "tiny":
             weights.load_smollm2(model.decoder, lm_weights or str(weights.smollm2_cache_dir()))
@@ -166,6 +165,6 @@ class NanoVLMAdapter:
 
 def _load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return PreTrainedTokenizerFast.from_pretrained(source)
     except Exception as e:  # noqa: BLE001 - any loader failure is a bad path from the user's side
         raise UserError(f"{source}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})") from None
