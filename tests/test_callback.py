@@ -62,10 +62,10 @@ def collate(items):
             "image_grid_thw": torch.tensor([[1, 4, 4]] * len(items))}
 
 
-def run_trainer(callback, tmp_path, tag):
+def run_trainer(callback, tmp_path, tag, model=None):
     from transformers import Trainer, TrainingArguments
 
-    model = tiny_qwen()
+    model = model if model is not None else tiny_qwen()
     args = TrainingArguments(
         output_dir=str(tmp_path / tag), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=2e-3,
         lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, logging_strategy="no", save_strategy="no",
@@ -127,3 +127,57 @@ def test_callback_stops_training_and_frees_optimizer_state(tmp_path):
     assert not any(p.requires_grad for p in model.model.visual.parameters())        # finalized
     ev = [json.loads(x) for x in open(tmp_path / "stop" / "events.jsonl")]
     assert {r["type"] for r in ev} == {"freeze", "finalize", "stop"}
+
+
+def test_lora_run_freezes_adapter_factors(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_qwen(), LoraConfig(r=4, target_modules=["qkv", "attn.proj", "q_proj", "v_proj"]))
+    cb = GradESCallback({"alpha": 3, "tau": {"vision": 1e9, "projector": None, "language": 1e-30}, "patience": 1})
+    lora_b = model.base_model.model.model.visual.blocks[0].attn.qkv.lora_B["default"].weight
+    _, end, _ = run_trainer(cb, tmp_path, "lora", model=model)
+    assert end == STEPS and len(cb.engine.components) == 4 + 4
+    assert set(cb.frozen_steps) == {f"model.visual.blocks.{i}.attn.{m}" for i in (0, 1) for m in ("qkv", "proj")}
+    assert set(cb.frozen_steps.values()) == {3}
+    assert not lora_b.requires_grad and lora_b.grad is None
+    q = model.base_model.model.model.language_model.layers[0].self_attn.q_proj
+    assert q.lora_A["default"].weight.requires_grad and not q.base_layer.weight.requires_grad
+
+
+def test_trainer_checkpoint_resume_keeps_the_engine_state(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    config = {"alpha": 4, "rho": 0.7, "patience": 2}
+
+    def trainer(cb, out, steps, model=None):
+        args = TrainingArguments(
+            output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-3,
+            lr_scheduler_type="linear", logging_strategy="no", save_strategy="steps", save_steps=6,
+            report_to=[], use_cpu=True, seed=0, data_seed=0, disable_tqdm=True)
+        return Trainer(model=model or tiny_qwen(), args=args, train_dataset=Samples(), data_collator=collate,
+                       callbacks=[cb])
+
+    full = GradESCallback(config)
+    trainer(full, tmp_path / "full", 14).train()
+    first = GradESCallback(config)
+    t = trainer(first, tmp_path / "split", 14)
+    t.control.should_training_stop = False
+    t.args.max_steps = 14
+    import transformers.trainer_callback as tc
+
+    class StopAt6(tc.TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 6:
+                control.should_training_stop = True
+
+    t.add_callback(StopAt6())
+    t.train()
+    assert (tmp_path / "split" / "checkpoint-6" / "grades_state.pt").exists()
+    second = GradESCallback(config)
+    # transformers 5.x's Trainer cannot map this model's saved names back on resume: load it ourselves
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    ckpt = tmp_path / "split" / "checkpoint-6"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt)
+    trainer(second, tmp_path / "split", 14, model=model).train(resume_from_checkpoint=str(ckpt))
+    assert full.frozen_steps and second.frozen_steps == full.frozen_steps
+    assert second.engine.auto_tau == pytest.approx(full.engine.auto_tau)

@@ -383,3 +383,36 @@ def test_config_presets_and_round_trip():
     assert (d.metric, d.normalization, d.tau) == ("grad_change", "mean", "auto")
     assert GradESConfig.from_dict({"tau": 0.5}).tau == {"vision": 0.5, "projector": 0.5, "language": 0.5}
     assert GradESConfig.from_dict({"alpha": 50}).validate(None) == 50       # absolute grace: no total needed
+
+
+def test_interval_grad_change_uses_the_step_before_and_grad_metric():
+    model, reg, opt, sched, grades, log = make({"alpha": 100, "tau": 1e-12, "interval": 3, "sketch": "off"}, steps=200)
+    up = model.decoder.blocks[1].mlp.up_proj.weight
+    seen = {}
+    train(model, opt, sched, grades, 1, 7, before_observe=lambda s: seen.__setitem__(s, up.grad.clone()))
+    conv = [r for k, r in log if k == "convergence"]
+    assert [r["step"] for r in conv] == [3, 6]
+    for r in conv:                                   # mean per element of |g(t) - g(t-1)|, t = the check step
+        s = r["step"]
+        expected = (seen[s] - seen[s - 1]).abs().sum().item() / up.numel()
+        assert r["values"]["decoder.blocks.1.mlp.up_proj"] == pytest.approx(expected, rel=1e-5)
+    assert conv[0]["tau"]["decoder.blocks.1.mlp.up_proj"] == 1e-12 and conv[0]["frozen"] == []
+
+    model, reg, opt, sched, grades, log = make({"alpha": 100, "tau": 1e-12, "metric": "grad",
+                                                "normalization": "sum"}, steps=200)
+    up = model.decoder.blocks[1].mlp.up_proj.weight
+    train(model, opt, sched, grades, 1, 2, before_observe=lambda s: seen.__setitem__(s, up.grad.clone()))
+    conv = [r for k, r in log if k == "convergence"]
+    assert [r["step"] for r in conv] == [1, 2]
+    assert conv[1]["values"]["decoder.blocks.1.mlp.up_proj"] == pytest.approx(seen[2].abs().sum().item(), rel=1e-5)
+    assert grades.memory_bytes() == 0                # the gradient itself needs no storage
+
+
+def test_auto_tau_is_rho_times_the_grace_level():
+    model, reg, opt, sched, grades, log = make({"alpha": 5, "rho": 0.5, "auto_window": 2}, steps=200)
+    train(model, opt, sched, grades, 1, 5)
+    conv = {r["step"]: r for k, r in log if k == "convergence"}
+    name = "decoder.blocks.0.mlp.down_proj"
+    assert conv[4]["tau"][name] is None                       # still calibrating
+    level = (conv[3]["values"][name] + conv[4]["values"][name]) / 2
+    assert conv[5]["tau"][name] == pytest.approx(0.5 * level)
