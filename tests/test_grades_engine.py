@@ -416,3 +416,17 @@ def test_auto_tau_is_rho_times_the_grace_level():
     assert conv[4]["tau"][name] is None                       # still calibrating
     level = (conv[3]["values"][name] + conv[4]["values"][name]) / 2
     assert conv[5]["tau"][name] == pytest.approx(0.5 * level)
+
+
+def test_modality_frozen_by_the_user_is_not_watched():
+    model = ToyVLM()
+    reg = build_registry(model)
+    for _, p in reg.modality_parameters(model)["vision"]:
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    grades = GradES(model, reg, GradESConfig.from_dict({"alpha": 2, "tau": 1e9, "patience": 1}), optimizer=opt,
+                    total_steps=10)
+    assert {c.modality for c in grades.components} == {"projector", "language"}
+    assert grades.frozen_fraction()["vision"] == 1.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    assert train(model, opt, sched, grades, 1, 10) == 2 and grades.stop_reason == "all components frozen"

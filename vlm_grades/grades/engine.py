@@ -66,9 +66,12 @@ class GradES:
         cfg = self.config
 
         tau = cfg.tau
-        self.components: list[Component] = [c for c in registry.components if tau[c.modality] is not None]
+        # matrices frozen before the run (a modality the user froze) are not watched; they count as frozen
+        self.untrainable = {c.name for c in registry.components if not any(p.requires_grad for _, p in c.params)}
+        self.components: list[Component] = [c for c in registry.components
+                                            if tau[c.modality] is not None and c.name not in self.untrainable]
         if not self.components:
-            raise UserError(f"grades.tau: no monitored matrix in the modalities switched on "
+            raise UserError(f"grades.tau: no trainable monitored matrix in the modalities switched on "
                             f"({', '.join(cfg.monitored_modalities())})")
         self._index = {c.name: i for i, c in enumerate(self.components)}
         self._device = self.components[0].params[0][1].device
@@ -116,7 +119,8 @@ class GradES:
         out = {}
         for m in MODALITIES:
             comps = [c for c in self.registry.components if c.modality == m]
-            out[m] = sum(c.name in self.frozen for c in comps) / len(comps) if comps else 0.0
+            done = sum(c.name in self.frozen or c.name in self.untrainable for c in comps)
+            out[m] = done / len(comps) if comps else 0.0
         return out
 
     def active(self) -> list[Component]:
@@ -262,7 +266,8 @@ class GradES:
         for m in self.config.monitored_modalities():
             if m in self.finalized or not by_mod[m]:
                 continue
-            if all(c.name in self.frozen for c in by_mod[m] if c in self.components):
+            watched = [c for c in by_mod[m] if c.name in self._index]
+            if watched and all(c.name in self.frozen for c in watched):
                 params = params or self.registry.modality_parameters(self.model)
                 rest = [p for _, p in params[m] if p.requires_grad]
                 self._release(rest)
