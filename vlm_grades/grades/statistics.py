@@ -54,8 +54,14 @@ def sketch_index(numel: int, k: int, seed: int, key: str, device: torch.device) 
     """A fixed random subset of k of numel flat positions: the same for the same (seed, key, numel)."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed((seed * 1_000_003 + _stable_hash(key)) % (2 ** 63))
-    idx = torch.randperm(numel, generator=gen)[:k].sort().values
-    return idx.to(device=device, dtype=torch.int32)
+    if numel <= 16 * k:
+        idx = torch.randperm(numel, generator=gen)[:k]
+    else:                       # no permutation of a huge matrix: draw, deduplicate, top up
+        idx = torch.empty(0, dtype=torch.long)
+        while idx.numel() < k:
+            idx = torch.unique(torch.cat([idx, torch.randint(numel, (k,), generator=gen)]))
+        idx = idx[torch.randperm(idx.numel(), generator=gen)[:k]]
+    return idx.sort().values.to(device=device, dtype=torch.int32)
 
 
 def _stable_hash(s: str) -> int:
