@@ -1,0 +1,174 @@
+"""Checkpoints and `--resume`: a run killed while writing a checkpoint resumes from the previous complete one and
+ends exactly where an uninterrupted run ends (weights bit for bit, the same freezes at the same steps); torn
+checkpoint folders are never picked; `--resume` without a checkpoint is a one-line error."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_grades.checkpoint import STATE_FILE, latest_checkpoint
+from vlm_grades.cli import main
+from vlm_grades.run_folder import RunFolder
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# 256 samples / batch 8 = 32 steps per epoch, so the 40 steps cross an epoch boundary; GradES (auto thresholds,
+# grace 12 steps) freezes matrices both before and after step 20
+RUN = ["--max-samples", "256", "--batch-size", "8", "--steps", "40", "--checkpoint-every", "10", "--eval-split=",
+       "--no-progress", "--seed", "3"]
+SMALL = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--checkpoint-every", "4", "--eval-split=",
+         "--no-progress", "--seed", "1", "--alpha", "4", "--patience", "1"]
+
+
+def cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "vlm_grades", "train", *argv]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert set(wa) == set(wb)
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"final weights differ: {different[:5]}"
+
+
+def history(run: Path, kinds=("freeze", "finalize", "stop", "checkpoint")) -> list[tuple]:
+    out = []
+    for e in RunFolder(run).read("events"):
+        if e["type"] in kinds:
+            out.append((e["type"], e["step"], e.get("component"), e.get("modality"), e.get("reason")))
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert_same_weights(a, b)
+    assert history(a) == history(b)
+    ra, rb = RunFolder(a), RunFolder(b)
+    assert [r["loss"] for r in ra.read("metrics")] == [r["loss"] for r in rb.read("metrics")]
+    assert [r["step"] for r in rb.read("metrics")] == list(range(1, len(rb.read("metrics")) + 1))
+    ca, cb = ra.read("convergence"), rb.read("convergence")
+    assert ca == cb
+    if ca:
+        assert ca[-1]["frozen"] == cb[-1]["frozen"]
+
+
+def kill_during_checkpoint(out: Path, step: int, args: list[str], timeout: float = 300) -> None:
+    """Start a training run and SIGKILL it as soon as the temporary folder of checkpoint `step` appears."""
+    proc = subprocess.Popen(cli(*args, "--out", str(out)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    prefix, deadline = f".tmp-step-{step}-", time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            root = out / "checkpoints"
+            if root.is_dir() and any(n.startswith(prefix) for n in os.listdir(root)):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.0005)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"run ended before checkpoint {step} was written: {err[-2000:]}"
+
+
+@pytest.mark.slow
+def test_killed_while_checkpointing_resumes_to_the_same_end(tmp_path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    done = subprocess.run(cli(*RUN, "--out", str(reference)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    freezes = [e for e in RunFolder(reference).read("events") if e["type"] == "freeze"]
+    assert any(e["step"] <= 20 for e in freezes) and any(e["step"] > 20 for e in freezes), \
+        f"the test needs freezes before and after the resume point; got steps {[e['step'] for e in freezes]}"
+
+    kill_during_checkpoint(resumed, 30, RUN)
+    checkpoints = resumed / "checkpoints"
+    torn = [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-step-30-")]
+    complete = latest_checkpoint(checkpoints)
+    assert complete is not None and (complete / STATE_FILE).exists()
+    if not (checkpoints / "step-30").exists():           # the usual case: killed inside the write
+        assert torn and complete.name == "step-20"
+    assert not (resumed / "final").exists()
+
+    # only --out and --resume: every other setting comes from the run's config.yaml
+    again = subprocess.run(cli("--resume", "--out", str(resumed), "--no-progress"), env=ENV, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {complete}" in again.stdout
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp")]   # the torn folder is cleaned up
+    starts = [e for e in RunFolder(resumed).read("events") if e["type"] == "start"]
+    assert [s["resumed_from"] for s in starts] == [None, int(complete.name.split("-")[1])]
+    assert_same_run(reference, resumed)
+
+
+def test_torn_checkpoints_are_never_picked(tmp_path):
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert main(["train", *SMALL, "--out", str(reference)]) == 0
+    assert main(["train", *SMALL, "--out", str(run)]) == 0
+    root = run / "checkpoints"
+    assert latest_checkpoint(root) == root / "step-8"
+
+    # a checkpoint folder without its state file (renamed by hand, or copied half-way), a torn temporary folder
+    # of a killed process, and `latest` naming the torn one
+    (root / "step-11").mkdir()
+    shutil.copy(root / "step-8" / "model.pt", root / "step-11" / "model.pt")
+    tmp = root / ".tmp-step-12-999999"
+    tmp.mkdir()
+    (tmp / "model.pt").write_bytes(b"\0" * 10)
+    (root / "latest").write_text("step-11")
+    assert latest_checkpoint(root) == root / "step-8"
+    (root / "latest").write_text("")                      # a torn pointer
+    assert latest_checkpoint(root) == root / "step-8"
+    (root / "latest").write_text("step-99")               # a pointer to nothing
+    assert latest_checkpoint(root) == root / "step-8"
+    (root / "latest").unlink()
+    assert latest_checkpoint(root) == root / "step-8"
+
+    # resuming the finished run from step 8 replays steps 9-12 and ends exactly as the uninterrupted run
+    shutil.rmtree(run / "final")
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+    assert_same_run(reference, run)
+
+
+def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--checkpoint-every", "500", "--out", str(run)]) == 0
+    assert not (run / "checkpoints").exists() or latest_checkpoint(run / "checkpoints") is None
+    before = sorted(p.name for p in run.iterdir())
+    capsys.readouterr()
+
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err and str(run) in err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+    # only torn checkpoints: the same
+    (run / "checkpoints" / "step-6").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step-6")
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err
+
+    # not a run folder at all
+    missing = tmp_path / "nothing-here"
+    assert main(["train", "--resume", "--out", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err
+    assert not missing.exists()
+
+    # --resume needs --out
+    assert main(["train", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err
