@@ -96,10 +96,15 @@ class ViT(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, (nn.Linear, nn.Conv2d)):
+    if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        # fan-in scaled: with a fixed small std, a stack of convs shrinks the image signal below the
+        # position embedding's and the model learns to ignore the image
+        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
