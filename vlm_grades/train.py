@@ -6,7 +6,9 @@ gradient clipping, `grades.observe`, optimizer step, `grades.update`, then the s
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +93,11 @@ class Trainer:
         if self.acc.num_processes == 1:
             return self.module
         device_ids = [self.acc.device.index] if self.acc.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids,
-                                                         broadcast_buffers=False)
+        ddp = torch.nn.parallel.DistributedDataParallel
+        # buffers (rotary tables) are the same on every rank: no sync before each forward
+        no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                   else "broadcast_buffers": False}
+        return ddp(self.module, device_ids=device_ids, **no_sync)
 
     def _restore(self, path: Path) -> None:
         parts, trainer_state = load_checkpoint(path)
@@ -178,6 +183,8 @@ class Trainer:
                 if self.grades.should_stop:
                     state.stop_reason = self.grades.stop_reason or "all components frozen"
             loss = sum(losses) / len(losses)
+            if self.acc.num_processes > 1:   # the global batch's loss: every rank takes the same decisions on it
+                loss = float(self.acc.reduce(torch.tensor(loss, device=self.acc.device), reduction="mean"))
             if not math.isfinite(loss):
                 state.stop_reason = f"non-finite training loss at step {state.step}"
             step_time = time.perf_counter() - t0
@@ -275,7 +282,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         raise UserError("--mixed-precision fp16: not supported (needs loss scaling); use bf16")
     cfg.out = cfg.out or default_run_name(cfg)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to or None,
-                              project_dir=cfg.out)
+                              project_dir=cfg.out, cpu=_cpu_processes())
     run, resume_from = open_run_folder(cfg, resume, accelerator)
     trainer = Trainer(cfg, run, accelerator, resume_from)
     if accelerator.is_main_process:
@@ -290,6 +297,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                                "stop_reason": state.stop_reason, "wall_time": state.wall}
     if trainer.grades is not None:
         summary["frozen"] = trainer.grades.frozen_fraction()
+    if os.environ.get("VLM_GRADES_RANK_STATE"):   # debugging/tests: what each process ended with
+        write_rank_state(trainer, run)
     if accelerator.is_main_process:
         trainer.adapter.save(run.final)
         if cfg.eval_split:
@@ -301,6 +310,31 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if cfg.report_to:
         accelerator.end_training()
     return summary
+
+
+def write_rank_state(trainer: Trainer, run: RunFolder) -> None:
+    """rank-<i>.json in the run folder: this process's final weights hash, frozen matrices, trainable parameters."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainer.module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    frozen = trainer.grades.frozen if trainer.grades is not None else {}
+    record = {"rank": trainer.acc.process_index, "processes": trainer.acc.num_processes, "step": trainer.state.step,
+              "weights_sha256": digest.hexdigest(), "frozen": dict(sorted(frozen.items())),
+              "trainable": sorted(n for n, p in trainer.module.named_parameters() if p.requires_grad)}
+    (run.path / f"rank-{trainer.acc.process_index}.json").write_text(json.dumps(record, indent=1))
+
+
+def _cpu_processes() -> bool:
+    """Several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without an accelerator:
+    accelerate sets up its multi-CPU (gloo) mode only when told cpu=True."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accel = getattr(torch, "accelerator", None)
+    return not (accel.is_available() if accel is not None else torch.cuda.is_available())
 
 
 def default_run_name(cfg: TrainConfig) -> str:

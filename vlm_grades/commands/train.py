@@ -146,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
             layers.insert(0, yaml.safe_load(saved.read_text()))
     cfg = TrainConfig.build(*layers)
     summary = train(cfg, resume=resume)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:   # one summary per run, not one per process
+        return 0
     line = f"run {summary['run']}: {summary['steps']}/{summary['planned_steps']} steps in " \
            f"{summary['wall_time']:.0f} s ({summary['stop_reason']})"
     print(line)

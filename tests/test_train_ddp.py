@@ -1,0 +1,111 @@
+"""Two-process DDP training on the CPU (gloo): GradES freezes mid-run, the model is re-wrapped over the parameters
+that still train, and both processes end with the same frozen set and bit-identical weights; a DDP run resumed from
+a checkpoint ends as the uninterrupted one. Each process writes rank-<i>.json (VLM_GRADES_RANK_STATE)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vlm_grades.run_folder import RunFolder
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1"}
+# 256 samples over 2 processes, 4 per micro-batch, 2 micro-batches per step: 16 steps per epoch
+RUN = ["--max-samples", "256", "--batch-size", "4", "--grad-accum", "2", "--steps", "40", "--checkpoint-every",
+       "10", "--no-progress", "--seed", "5"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*argv: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "vlm_grades", "train", *argv]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def accelerate_launch(*argv: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "vlm_grades", "train", *argv]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def rank_states(run: Path) -> list[dict]:
+    return [json.loads((run / f"rank-{i}.json").read_text()) for i in range(2)]
+
+
+def freezes(run: Path) -> list[tuple]:
+    return [(e["type"], e["step"], e.get("component") or e.get("modality"))
+            for e in RunFolder(run).read("events") if e["type"] in ("freeze", "finalize")]
+
+
+def check_ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    # one summary for the run, printed by the main process only
+    assert len([line for line in done.stdout.splitlines() if line.startswith("run ")]) == 1, done.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_freeze_alike_and_end_identical(tmp_path):
+    out = tmp_path / "run"
+    done = torchrun(*RUN, "--eval-split", "test", "--eval-max-samples", "16", "--out", str(out))
+    check_ok(done)
+    r0, r1 = rank_states(out)
+    assert (r0["rank"], r1["rank"], r0["processes"]) == (0, 1, 2)
+    assert r0["step"] == r1["step"] == 40
+    assert r0["frozen"], "GradES froze nothing: the test does not exercise the re-wrap"
+    assert r0["frozen"] == r1["frozen"]                      # same matrices, same steps
+    assert r0["trainable"] == r1["trainable"]
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+
+    run = RunFolder.open_existing(out)
+    logged = {(e["component"], e["step"]) for e in run.read("events") if e["type"] == "freeze"}
+    assert logged == set(r0["frozen"].items())
+    assert min(r0["frozen"].values()) < 40                   # froze mid-run and kept training after it
+    metrics = run.read("metrics")
+    assert [m["step"] for m in metrics] == list(range(1, 41))  # one writer: no line twice
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    types = [e["type"] for e in run.read("events")]
+    assert types.count("start") == 1 and types.count("end") == 1 and types.count("eval") == 1
+    assert sorted(p.name for p in run.checkpoints.glob("step-*")) == ["step-20", "step-30"]
+
+
+@pytest.mark.slow
+def test_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
+    out = tmp_path / "run"
+    check_ok(accelerate_launch(*RUN, "--checkpoint-every", "4", "--keep-checkpoints", "20", "--eval-split=",
+                               "--out", str(out)))
+    reference, history = rank_states(out), freezes(out)
+    assert reference[0]["weights_sha256"] == reference[1]["weights_sha256"]
+    # resume from a checkpoint with matrices frozen before it and more freezing after it
+    steps = sorted({step for _, step, _ in history})
+    between = [s for s in range(4, 40, 4) if steps[0] <= s < steps[-1]]
+    assert between, f"freezes at steps {steps} leave no checkpoint between the first and the last"
+    point = between[-1]
+
+    # back to that step: drop the newer checkpoints and the results, resume with the saved configuration
+    for path in (out / "checkpoints").glob("step-*"):
+        if int(path.name.split("-")[1]) > point:
+            shutil.rmtree(path)
+    (out / "checkpoints" / "latest").unlink()
+    shutil.rmtree(out / "final")
+    for name in ("rank-0.json", "rank-1.json", "summary.json"):
+        (out / name).unlink()
+    done = torchrun("--resume", "--out", str(out), "--no-progress")
+    check_ok(done)
+    assert f"step-{point} at step {point}" in done.stdout
+    resumed = rank_states(out)
+    assert resumed[0]["weights_sha256"] == resumed[1]["weights_sha256"] == reference[0]["weights_sha256"]
+    assert resumed[0]["frozen"] == resumed[1]["frozen"] == reference[0]["frozen"]
+    assert freezes(out) == history
