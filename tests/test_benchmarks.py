@@ -1,0 +1,52 @@
+"""Smoke tests: each benchmark script runs end to end at a minimal size and writes its results."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_end_to_end_minimal(tmp_path):
+    e2e = load("end_to_end")
+    results = tmp_path / "results"
+    assert e2e.main(["--presets", "tiny", "--tasks", "easyvqa", "--seeds", "1", "--steps", "4",
+                     "--max-samples", "256", "--eval-max-samples", "16", "--batch-size", "8",
+                     "--calibration-val-samples", "16", "--threads", "0", "--out", str(tmp_path / "runs"),
+                     "--results", str(results), "--tag", "smoke"]) == 0
+    data = json.loads((results / "end_to_end-smoke.json").read_text())
+    group = data["groups"][0]
+    assert {r["mode"] for r in group["runs"]} == {"none", "classic", "grades", "official"}
+    assert set(group["official_calibration"]["tau"]) == {"vision", "language"}
+    for r in group["runs"]:
+        assert 1 <= r["steps"] <= 4 and r["flops"] > 0 and r["score"] is not None
+        assert r["loop_wall"] >= r["train_wall"] * 0.99
+    classic = next(r for r in group["runs"] if r["mode"] == "classic")
+    assert classic["validation_s"] > 0
+    assert group["aggregate"]["none"]["speedup_wall"] == pytest.approx(1.0)
+    assert "| grades |" in (results / "end_to_end-smoke.md").read_text()
+
+
+@pytest.mark.slow
+def test_step_cost_minimal(tmp_path):
+    sc = load("step_cost")
+    results = tmp_path / "results"
+    assert sc.main(["--presets", "tiny", "--reps", "1", "--steps", "1", "--batch-size", "4", "--threads", "0",
+                    "--scenarios", "vision matrices frozen", "vision finalized",
+                    "--results", str(results), "--tag", "smoke"]) == 0
+    data = json.loads((results / "step_cost-smoke.json").read_text())
+    scen = {s["scenario"]: s for s in data["presets"][0]["scenarios"]}
+    assert scen["vision finalized"]["finalized"] == ["vision"]
+    assert 0 < scen["vision finalized"]["ideal_ratio"] < scen["vision matrices frozen"]["ideal_ratio"] < 1
+    assert all(s["ratio"] > 0 for s in scen.values())
