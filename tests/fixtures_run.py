@@ -17,12 +17,12 @@ import yaml
 
 from vlm_grades.run_folder import RunFolder
 
-VISION_KINDS = {"attn.qkv": (64, 3 * 64), "attn.out": (64, 64), "mlp.fc1": (64, 256), "mlp.fc2": (256, 64)}
-LANGUAGE_KINDS = {"attn.q": (96, 96), "attn.k": (96, 32), "attn.v": (96, 32), "attn.out": (96, 96),
+VISION_KINDS = {"attn.qkv": (64, 3 * 64), "attn.o": (64, 64), "mlp.fc1": (64, 256), "mlp.fc2": (256, 64)}
+LANGUAGE_KINDS = {"attn.q": (96, 96), "attn.k": (96, 32), "attn.v": (96, 32), "attn.o": (96, 96),
                   "mlp.gate": (96, 256), "mlp.up": (96, 256), "mlp.down": (256, 96)}
-VISION_NAMES = {"attn.qkv": "attn.qkv_proj", "attn.out": "attn.out_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+VISION_NAMES = {"attn.qkv": "attn.qkv_proj", "attn.o": "attn.out_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
 LANGUAGE_NAMES = {"attn.q": "attn.q_proj", "attn.k": "attn.k_proj", "attn.v": "attn.v_proj",
-                  "attn.out": "attn.out_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
+                  "attn.o": "attn.out_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
                   "mlp.down": "mlp.down_proj"}
 TOKENS = {"vision": 8 * 64, "projector": 8 * 16, "language": 8 * 40}  # batch 8: 64 patches, 16 image tokens
 
