@@ -86,6 +86,8 @@ class TrainConfig:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise UserError(f"--config {path}: file not found") from None
+        except OSError as e:   # a folder, no permission
+            raise UserError(f"--config {path}: cannot read ({e.strerror or e})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
@@ -93,7 +95,10 @@ class TrainConfig:
         unknown = set(data) - cls.field_names()
         if unknown:
             raise UserError(f"--config {path}: unknown setting(s) {', '.join(sorted(unknown))}")
-        return data
+        try:
+            return {k: _coerce(k, v) for k, v in data.items()}
+        except UserError as e:
+            raise UserError(f"--config {path}: {e}") from None
 
     @classmethod
     def build(cls, *layers: dict[str, Any]) -> "TrainConfig":
@@ -108,7 +113,7 @@ class TrainConfig:
                     merged["grades"] = {**merged.get("grades", {}), **value}
                 else:
                     merged[key] = value
-        cfg = cls(**merged)
+        cfg = cls(**{k: _coerce(k, v) for k, v in merged.items()})
         cfg.validate()
         return cfg
 
@@ -126,6 +131,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        if self.model == "nanovlm" and self.preset not in NANOVLM_PRESETS:
+            raise UserError(f"--preset: expected one of {', '.join(NANOVLM_PRESETS)}, got {self.preset!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"--mixed-precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -143,6 +150,51 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+NANOVLM_PRESETS = ("tiny", "smol", "222m")
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """A YAML value to its field's type: "1e-4" (YAML 1.1 reads it as a string) to 1e-4, 3 to 3.0, "a,b" to a
+    list; anything else that does not fit is a one-line error naming the setting."""
+    kind = str(TrainConfig.__dataclass_fields__[key].type).replace(" ", "")
+    if value is None:
+        if "None" in kind or kind.startswith("dict") or kind.startswith("list"):
+            return None if "None" in kind else TrainConfig.__dataclass_fields__[key].default_factory()
+        raise UserError(f"{key}: needs a value, got null")
+    base = kind.split("|")[0]
+    given = value
+    if base in ("int", "float"):
+        if isinstance(value, bool):
+            ok = False
+        elif isinstance(value, (int, float)):
+            ok = base == "float" or float(value).is_integer()
+            value = float(value) if base == "float" else int(value)
+        else:
+            try:
+                value, ok = (float(value) if base == "float" else int(value)), True
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            raise UserError(f"{key}: expected {'a number' if base == 'float' else 'an integer'}, got {given!r}")
+    elif base == "bool" and not isinstance(value, bool):
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    elif base == "str" and not isinstance(value, str):
+        if isinstance(value, bool):   # YAML 1.1 reads `mixed_precision: no` as false
+            return "yes" if value else "no"
+        if isinstance(value, (int, float)):
+            return str(value)
+        raise UserError(f"{key}: expected a string, got {value!r}")
+    elif base.startswith("list"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{key}: expected a list of names, got {value!r}")
+    elif base.startswith("dict") and not isinstance(value, dict):
+        raise UserError(f"{key}: expected a mapping, got {value!r}")
+    return value
 
 
 # Per-model defaults, applied between the dataclass defaults and the user's YAML/flags.

@@ -53,6 +53,9 @@ class Trainer:
             if cfg.val_split and cfg.stopping == "classic" else []
         if cfg.stopping == "classic" and not self.val_samples:
             raise UserError("--stopping classic: needs validation data (--val-split)")
+        # loaded now, so a wrong --eval-split/--eval-data fails before training, not after it
+        self.eval_samples = load_split(cfg, cfg.eval_split, cfg.eval_max_samples, "evaluation",
+                                       data=cfg.eval_data or cfg.data) if cfg.eval_split else []
         self.adapter = build_adapter(cfg, self.train_samples)
         self.module = self.adapter.model.to(accelerator.device)
         self.registry = build_registry(self.module, self.adapter.architecture)
@@ -106,6 +109,7 @@ class Trainer:
             self.grades.load_state_dict(parts["grades"])  # re-freezes before the optimizer state comes back
         self.optimizer.load_state_dict(parts["optimizer"])
         self.scheduler.load_state_dict(parts["scheduler"])
+        self._best = parts.get("classic_best")   # classic stopping: the best weights so far
         rng = parts["rng"]
         set_rng_state(rng[self.acc.process_index] if isinstance(rng, list) else rng)
         s = trainer_state["loop"]
@@ -259,7 +263,8 @@ class Trainer:
         if self.main:
             parts = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(),
-                     "grades": self.grades.state_dict() if self.grades is not None else None, "rng": rngs}
+                     "grades": self.grades.state_dict() if self.grades is not None else None, "rng": rngs,
+                     "classic_best": getattr(self, "_best", None)}
             loop = dict(vars(self.state))
             path = save_checkpoint(self.run.checkpoints, self.state.step, parts, {"loop": loop},
                                    self.cfg.keep_checkpoints)
@@ -302,7 +307,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if accelerator.is_main_process:
         trainer.adapter.save(run.final)
         if cfg.eval_split:
-            summary["eval"] = evaluate_held_out(cfg, trainer.adapter, run, state.step)
+            summary["eval"] = evaluate_held_out(cfg, trainer.adapter, run, state.step, trainer.eval_samples)
         run.append("events", {"type": "end", "step": state.step, "wall_time": state.wall,
                               "stop_reason": state.stop_reason})
         run.write_json("summary.json", summary)
@@ -356,11 +361,12 @@ def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) ->
     return RunFolder(path, create=True), None
 
 
-def evaluate_held_out(cfg: TrainConfig, adapter, run: RunFolder, step: int) -> dict[str, Any]:
+def evaluate_held_out(cfg: TrainConfig, adapter, run: RunFolder, step: int, samples=None) -> dict[str, Any]:
     """Scores the trained model on the held-out split with the same code as `vlm-grades eval`."""
     from eval.runner import evaluate
 
-    samples = load_split(cfg, cfg.eval_split, cfg.eval_max_samples, "evaluation", data=cfg.eval_data or cfg.data)
+    if samples is None:
+        samples = load_split(cfg, cfg.eval_split, cfg.eval_max_samples, "evaluation", data=cfg.eval_data or cfg.data)
     adapter.model.eval()
     result = evaluate(adapter, samples, cfg.task, run.path / "eval", batch_size=cfg.eval_batch_size,
                       max_new_tokens=cfg.max_new_tokens, progress=cfg.progress)
