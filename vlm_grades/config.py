@@ -45,7 +45,7 @@ class TrainConfig:
     strict: bool = False
     num_workers: int = 0
     # optimisation
-    steps: int = 1500                      # planned optimizer steps (GradES may stop earlier)
+    steps: int = 2000                      # planned optimizer steps (GradES may stop earlier)
     batch_size: int = 64
     grad_accum: int = 1
     lr: float | None = None                # sets all three modality learning rates at once
