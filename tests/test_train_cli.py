@@ -1,0 +1,240 @@
+"""`vlm-grades train` through the command line: bad input is one line on stderr naming the culprit, exit status 2
+and no run folder; a short default nanoVLM run lowers the loss and writes every file of docs/RUN_FOLDER.md;
+TensorBoard logging; classic early stopping restores the best weights (also across a resume)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures_data import not_an_image, write_vqav2
+from vlm_grades.cli import main
+from vlm_grades.run_folder import RunFolder
+
+QUICK = ["--steps", "2", "--max-samples", "16", "--batch-size", "8", "--eval-split=", "--alpha", "1"]
+
+
+def train(*argv: str) -> int:
+    return main(["train", "--no-progress", *argv])
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("inputs")
+    p = {"root": root}
+    p["broken_yaml"] = root / "broken.yaml"
+    p["broken_yaml"].write_text("steps: [3\n")
+    p["unknown_yaml"] = root / "unknown.yaml"
+    p["unknown_yaml"].write_text("steps: 3\nstepz: 3\n")
+    p["badtype_yaml"] = root / "badtype.yaml"
+    p["badtype_yaml"].write_text("batch_size: eight\n")
+    p["config_dir"] = root / "configs"
+    p["config_dir"].mkdir()
+    p["empty"] = root / "empty-model"
+    p["empty"].mkdir()
+    p["broken_config"] = root / "broken-config"
+    p["broken_config"].mkdir()
+    (p["broken_config"] / "config.json").write_text('{"model_type": "nanovlm", ')
+    p["qwen_config"] = root / "qwen-config"
+    p["qwen_config"].mkdir()
+    (p["qwen_config"] / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    p["gguf"] = root / "smollm2"
+    p["gguf"].mkdir()
+    (p["gguf"] / "SmolLM2-135M-Instruct.Q4_1.gguf").write_text("not a GGUF file")
+
+    vqa = write_vqav2(root / "vqa", split="val", image_ids=(9, 25, 42, 77))
+    p["vqa"] = Path(vqa["source"])
+    bad = write_vqav2(root / "vqa-bad", split="val", image_ids=(9, 25, 42, 77))
+    p["vqa_bad"], p["not_an_image"] = Path(bad["source"]), not_an_image(bad["images"][25])
+
+    # a real nanoVLM checkpoint, then copies of it that do not match
+    run = root / "nano-run"
+    assert train(*QUICK, "--out", str(run)) == 0
+    p["nano"] = run / "final"
+    p["nano_truncated"] = root / "nano-truncated"
+    shutil.copytree(p["nano"], p["nano_truncated"])
+    weights = p["nano_truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    p["nano_mismatch"] = root / "nano-mismatch"
+    shutil.copytree(p["nano"], p["nano_mismatch"])
+    config = json.loads((p["nano_mismatch"] / "config.json").read_text())
+    config["lm_hidden_dim"] //= 2
+    (p["nano_mismatch"] / "config.json").write_text(json.dumps(config))
+    return p
+
+
+VQA = ["--task", "vqav2", "--split", "val"]
+QWEN = ["--model", "qwen2.5-vl", *VQA]
+BAD = {
+    # case: (argv with {name} placeholders for inputs, text the error line must contain)
+    "model-without-value": (["--model"], "--model"),
+    "unknown-model": (["--model", "llava"], "llava"),
+    "qwen-without-model-path": (["--model", "qwen2.5-vl"], "--model-path"),
+    "unknown-preset": (["--preset", "huge"], "huge"),
+    "yaml-not-valid": (["--config", "{broken_yaml}"], "broken.yaml"),
+    "yaml-unknown-key": (["--config", "{unknown_yaml}"], "stepz"),
+    "yaml-wrong-type": (["--config", "{badtype_yaml}"], "batch_size"),
+    "yaml-is-a-folder": (["--config", "{config_dir}"], "configs"),
+    "yaml-missing": (["--config", "{root}/missing.yaml"], "missing.yaml"),
+    "data-missing": ([*VQA, "--data", "{root}/no-such-data"], "no-such-data"),
+    "data-without-vqav2": ([*VQA, "--data", "{empty}"], "empty-model"),
+    "not-an-image-strict": ([*VQA, "--data", "{vqa_bad}", "--strict"], "{not_an_image}"),
+    "eval-split-missing": ([*VQA, "--data", "{vqa}", "--eval-split", "nope"], "nope"),
+    "eval-data-missing": ([*VQA, "--data", "{vqa}", "--eval-split", "val", "--eval-data", "{root}/gone"], "gone"),
+    "nanovlm-path-missing": (["--model-path", "{root}/no-model"], "no-model"),
+    "nanovlm-path-empty": (["--model-path", "{empty}"], "empty-model"),
+    "nanovlm-path-broken-config": (["--model-path", "{broken_config}"], "config.json"),
+    "nanovlm-path-is-qwen": (["--model-path", "{qwen_config}"], "qwen-config"),
+    "nanovlm-path-truncated-weights": (["--model-path", "{nano_truncated}"], "model.safetensors"),
+    "nanovlm-path-shape-mismatch": (["--model-path", "{nano_mismatch}"], "model.safetensors"),
+    "nanovlm-lm-weights-not-gguf": (["--preset", "smol", "--lm-weights", "{gguf}"], "smollm2"),
+    "qwen-path-empty": ([*QWEN, "--data", "{vqa}", "--model-path", "{empty}"], "empty-model"),
+    "qwen-path-is-nanovlm": ([*QWEN, "--data", "{vqa}", "--model-path", "{nano}"], "nanovlm"),
+    "qwen-path-broken-config": ([*QWEN, "--data", "{vqa}", "--model-path", "{broken_config}"], "config.json"),
+    "bad-batch": (["--batch-size", "0"], "--batch-size"),
+    "batch-larger-than-data": (["--steps", "2", "--max-samples", "4", "--batch-size", "8", "--stopping", "none"],
+                               "--batch-size"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_and_no_run_folder(inputs, case, tmp_path, capsys):
+    argv, culprit = BAD[case]
+    names = {k: str(v) for k, v in inputs.items()}
+    argv = [a.format(**names) for a in argv]
+    out = tmp_path / "run"
+    capsys.readouterr()
+    try:
+        status = train(*argv, "--out", str(out), *([] if "--steps" in argv else ["--steps", "2"]))
+    except SystemExit as e:   # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert status == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vlm-grades train: error: ")
+    assert culprit.format(**names) in lines[0], lines[0]
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_short_default_run_lowers_the_loss_and_writes_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train("--steps", "30", "--max-samples", "512", "--eval-max-samples", "64", "--checkpoint-every", "10",
+                 "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert f"run {out}: 30/30 steps" in printed and "held-out easyvqa test: score" in printed
+
+    run = RunFolder.open_existing(out)
+    for name in ("config.yaml", "components.json", "convergence.jsonl", "events.jsonl", "metrics.jsonl",
+                 "summary.json", "checkpoints/latest", "final/config.json", "final/model.safetensors"):
+        assert (out / name).is_file(), name
+    assert list((out / "eval").glob("easyvqa_*"))
+
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["steps"] == 30
+
+    components = run.read_json("components.json")
+    assert components["architecture"] == "nanovlm"
+    assert set(components["modalities"]) == {"vision", "projector", "language"}
+    for sizes in components["modalities"].values():
+        assert sizes["parameters"] >= sizes["monitored_parameters"] > 0
+    assert {"name", "modality", "layer", "kind", "numel"} <= set(components["components"][0])
+
+    metrics = run.read("metrics")
+    assert [m["step"] for m in metrics] == list(range(1, 31))
+    assert {"step", "epoch", "loss", "lr", "step_time", "wall", "tokens", "frozen"} <= set(metrics[0])
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    first, last = sum(m["loss"] for m in metrics[:5]) / 5, sum(m["loss"] for m in metrics[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert set(metrics[0]["lr"]) == set(metrics[0]["tokens"]) == set(metrics[0]["frozen"]) == \
+        {"vision", "projector", "language"}
+    assert metrics[-1]["wall"] >= metrics[0]["wall"] > 0
+
+    convergence = run.read("convergence")
+    assert convergence and {"step", "metric", "normalization", "values", "tau", "frozen"} <= set(convergence[0])
+
+    events = run.read("events")
+    types = [e["type"] for e in events]
+    assert types[0] == "start" and types[-1] == "end"
+    assert {"start", "checkpoint", "stop", "eval", "end"} <= set(types)
+    assert "freeze" in types, "GradES (auto thresholds) froze nothing in 30 steps"
+    freeze = next(e for e in events if e["type"] == "freeze")
+    assert {"step", "component", "modality", "value", "tau"} <= set(freeze)
+    checkpoint = next(e for e in events if e["type"] == "checkpoint")
+    assert (out / checkpoint["path"]).is_dir() or checkpoint["step"] < 20   # pruned: keep 2
+
+    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    assert latest.name == "step-20"
+    assert {p.name for p in latest.iterdir()} >= {"model.pt", "optimizer.pt", "scheduler.pt", "grades.pt", "rng.pt",
+                                                    "trainer_state.json"}
+    loop = json.loads((latest / "trainer_state.json").read_text())["loop"]
+    assert loop["step"] == 20 and "position" in loop and "epoch" in loop
+
+    summary = run.read_json("summary.json")
+    assert summary["steps"] == 30 and summary["eval"]["n"] == 64
+
+
+def test_tensorboard_writes_event_files(tmp_path):
+    out = tmp_path / "run"
+    assert train(*QUICK, "--steps", "4", "--log-every", "1", "--report-to", "tensorboard", "--out", str(out)) == 0
+    files = list(out.rglob("events.out.tfevents.*"))
+    assert files and all(f.stat().st_size > 0 for f in files)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(files[0].parent))
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"]
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+CLASSIC = ["--stopping", "classic", "--classic-every", "5", "--classic-patience", "1", "--max-samples", "16",
+           "--batch-size", "8", "--steps", "100", "--val-max-samples", "64", "--lr", "3e-3", "--eval-split="]
+
+
+def _validation_loss(run: Path) -> float:
+    from vlm_grades.data import load_samples
+    from vlm_grades.models import load_for_eval
+
+    adapter = load_for_eval(run)
+    samples = load_samples("easyvqa", None, split="val", max_samples=64, seed=0)
+    batch = adapter.collate([adapter.preprocess(s, train=True) for s in samples])
+    adapter.model.eval()
+    with torch.no_grad():
+        return float(adapter.loss(batch))
+
+
+def test_classic_stopping_stops_early_and_restores_the_best_weights(tmp_path):
+    out = tmp_path / "run"
+    assert train(*CLASSIC, "--checkpoint-every", "5", "--keep-checkpoints", "10", "--out", str(out)) == 0
+    run = RunFolder.open_existing(out)
+    events = run.read("events")
+    validations = [e for e in events if e["type"] == "validation"]
+    (restore,) = [e for e in events if e["type"] == "restore"]
+    (stop,) = [e for e in events if e["type"] == "stop"]
+    assert stop["step"] < 100 and "did not improve" in stop["reason"]
+    assert validations[-1]["improved"] is False and validations[-1]["step"] == stop["step"]
+    best = min(validations, key=lambda e: e["loss"])
+    assert restore["best_step"] == best["step"] < stop["step"]
+    assert not run.read("convergence")                          # GradES is off
+    # the saved model is the best one, not the last one
+    assert _validation_loss(out) == pytest.approx(best["loss"], rel=1e-4)
+    assert abs(validations[-1]["loss"] - best["loss"]) > 1e-3
+
+    # resumed from the checkpoint of the best step, the run still ends with the best weights
+    from safetensors.torch import load_file
+
+    reference = load_file(str(out / "final" / "model.safetensors"))
+    for path in (out / "checkpoints").glob("step-*"):
+        if int(path.name.split("-")[1]) > best["step"]:
+            shutil.rmtree(path)
+    (out / "checkpoints" / "latest").unlink()
+    shutil.rmtree(out / "final")
+    assert train("--resume", "--out", str(out)) == 0
+    resumed = load_file(str(out / "final" / "model.safetensors"))
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert [e["type"] for e in run.read("events")].count("restore") == 1
