@@ -109,3 +109,16 @@ def test_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
     assert resumed[0]["weights_sha256"] == resumed[1]["weights_sha256"] == reference[0]["weights_sha256"]
     assert resumed[0]["frozen"] == resumed[1]["frozen"] == reference[0]["frozen"]
     assert freezes(out) == history
+
+
+@pytest.mark.slow
+def test_everything_frozen_stops_cleanly_under_ddp(tmp_path):
+    """Every matrix frozen and every modality finalized at once: nothing left for DDP to wrap."""
+    out = tmp_path / "run"
+    done = torchrun("--max-samples", "64", "--batch-size", "4", "--steps", "20", "--eval-split=", "--no-progress",
+                    "--tau", "1e9", "--alpha", "3", "--patience", "1", "--out", str(out))
+    check_ok(done)
+    r0, r1 = rank_states(out)
+    assert r0["step"] == r1["step"] == 3 and r0["trainable"] == r1["trainable"] == []
+    assert r0["frozen"] == r1["frozen"] and r0["weights_sha256"] == r1["weights_sha256"]
+    assert "all components frozen" in done.stdout

@@ -93,7 +93,7 @@ class Trainer:
         """DDP over the parameters that still train; re-wrapped whenever GradES freezes some, so buckets
         never wait for gradients that will not come (no find_unused_parameters, no static graph)."""
         self._trainable = sum(p.requires_grad for p in self.module.parameters())
-        if self.acc.num_processes == 1:
+        if self.acc.num_processes == 1 or self._trainable == 0:   # all frozen: GradES stops, DDP would refuse
             return self.module
         device_ids = [self.acc.device.index] if self.acc.device.type == "cuda" else None
         ddp = torch.nn.parallel.DistributedDataParallel
