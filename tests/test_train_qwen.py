@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,6 @@ from fixtures_data import write_coco, write_gqa, write_hf_coco, write_hf_gqa, wr
 from tiny_qwen import make_tiny_qwen
 from vlm_grades.cli import main
 from vlm_grades.run_folder import RunFolder
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 COCO_IDS = (139, 285, 632, 724)      # one caption sample per image: 4 for a batch of 4
 LAYOUTS = {

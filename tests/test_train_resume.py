@@ -3,7 +3,6 @@ ends exactly where an uninterrupted run ends (weights bit for bit, the same free
 checkpoint folders are never picked; `--resume` without a checkpoint is a one-line error."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
