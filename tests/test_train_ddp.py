@@ -122,3 +122,22 @@ def test_everything_frozen_stops_cleanly_under_ddp(tmp_path):
     assert r0["step"] == r1["step"] == 3 and r0["trainable"] == r1["trainable"] == []
     assert r0["frozen"] == r1["frozen"] and r0["weights_sha256"] == r1["weights_sha256"]
     assert "all components frozen" in done.stdout
+
+
+@pytest.mark.slow
+def test_qwen_lora_under_ddp(tmp_path):
+    """The PEFT-wrapped Qwen2.5-VL under DDP: GradES freezes adapters mid-run, ranks stay identical."""
+    from fixtures_data import write_vqav2
+    from tiny_qwen import make_tiny_qwen
+
+    model = make_tiny_qwen(tmp_path / "qwen")
+    data = write_vqav2(tmp_path / "vqa", split="val", image_ids=(1, 2, 3, 4, 5, 6, 7, 8))
+    out = tmp_path / "run"
+    done = torchrun("--model", "qwen2.5-vl", "--model-path", str(model), "--task", "vqav2", "--data", data["source"],
+                    "--split", "val", "--batch-size", "2", "--steps", "12", "--lr", "1e-2", "--eval-split=",
+                    "--no-progress", "--lora", "--lora-targets", "both", "--out", str(out))
+    check_ok(done)
+    r0, r1 = rank_states(out)
+    assert r0["frozen"] and r0["trainable"], (r0["frozen"], r0["trainable"])   # some adapters frozen, some not
+    assert r0["frozen"] == r1["frozen"] and r0["trainable"] == r1["trainable"]
+    assert r0["weights_sha256"] == r1["weights_sha256"]
