@@ -6,9 +6,6 @@ import os
 from pathlib import Path
 
 from vlm_grades.errors import UserError
-from vlm_grades.report import table
-from vlm_grades.report.compare import compare, plot, table_rows
-from vlm_grades.report.run_data import RunData
 from vlm_grades.run_folder import write_json_atomic
 
 
@@ -27,6 +24,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vlm_grades.report import table
+    from vlm_grades.report.compare import compare, plot, table_rows
+    from vlm_grades.report.run_data import RunData
+
     paths = [Path(p) for p in args.runs]
     baseline = 0
     if args.baseline:

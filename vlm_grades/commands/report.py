@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from vlm_grades.report.build import FORMATS, parse_formats, summary_text, write_report
+# vlm_grades.report's submodules import matplotlib: they are imported when the command runs, so that
+# building the CLI parser (every command) stays fast.
+from vlm_grades.report import FORMATS
 
 
 def register(subparsers) -> None:
@@ -28,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     if args.live:
         from vlm_grades.report.live import watch
         return watch(args.run, interval=args.interval)
+    from vlm_grades.report.build import parse_formats, summary_text, write_report
+
     formats = parse_formats(args.format)
     report, written = write_report(args.run, args.out, formats)
     print(summary_text(report))

@@ -5,13 +5,10 @@ import csv
 from pathlib import Path
 
 from vlm_grades.errors import UserError
-from vlm_grades.report import html, markdown, summary, table
+from vlm_grades.report import EXTRA_FORMATS, FORMATS, html, markdown, summary, table
 from vlm_grades.report.figures import render_all
 from vlm_grades.report.run_data import RunData
 from vlm_grades.run_folder import write_json_atomic
-
-FORMATS = ("html", "png", "json", "md")
-EXTRA_FORMATS = ("csv",)  # components.csv, on request
 
 
 def parse_formats(text: str) -> list[str]:
