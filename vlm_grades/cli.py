@@ -13,13 +13,20 @@ from vlm_grades.errors import UserError
 COMMANDS = ["train", "eval", "score", "report", "compare", "components", "fetch"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Errors are one line naming the flag; the usage block would bury it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="vlm-grades",
         description="Vision-language fine-tuning with modality-aware gradient-based early stopping (GradES).",
     )
     parser.add_argument("--version", action="version", version=f"vlm-grades {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"vlm_grades.commands.{name}")

@@ -94,11 +94,6 @@ def register(sub) -> None:
     r.add_argument("--no-progress", action="store_true", default=S, help="no progress bar")
     p.set_defaults(func=run)
 
-    def one_line_error(message: str):   # the usage block is 40 lines: the error alone names the culprit
-        p.exit(2, f"{p.prog}: error: {message} (see --help)\n")
-
-    p.error = one_line_error
-
 
 GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
                 "alpha": "alpha", "interval": "interval", "patience": "patience", "smoothing": "smoothing",

@@ -115,6 +115,9 @@ class GradESConfig:
             raise UserError(f"grades.alpha: {self.alpha} is a fraction of the planned steps, but the total number "
                             f"of steps is unknown ({total_steps}); give an absolute step (alpha >= 1) or max_steps")
         grace = int(self.alpha * total_steps) if fractional else int(self.alpha)
+        if grace == 0 and fractional and self.alpha > 0:
+            raise UserError(f"grades.alpha: {self.alpha} of {total_steps} planned steps (--steps) is a grace period "
+                            f"of 0 steps; plan more steps or give alpha as a step number (>= 1)")
         if grace == 0:
             if self.uses_auto:
                 raise UserError("grades.alpha: tau 'auto' needs a grace period (alpha > 0) to measure each "

@@ -60,5 +60,6 @@ def build_adapter(cfg, train_samples):
 
     lora = LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         targets=cfg.lora_targets) if cfg.lora else None
-    return Qwen25VLAdapter.load(cfg.model_path, lora=lora, freeze=tuple(cfg.freeze),
-                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    # --freeze is applied by the training loop after the registry is built, as for nanoVLM, so frozen
+    # modalities stay in components.json and count as frozen
+    return Qwen25VLAdapter.load(cfg.model_path, lora=lora, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
