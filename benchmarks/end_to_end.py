@@ -246,8 +246,9 @@ def aggregate(runs: list[dict[str, Any]], modes: list[str]) -> dict[str, dict[st
                "speedup_cpu": mean(ratio("loop_cpu", r) for r in rs),
                "speedup_flops": mean(ratio("flops", r) for r in rs)}
         if m in ("grades", "official") and base:
-            agg["target_met"] = bool(agg["speedup_wall"] and agg["speedup_wall"] >= TARGET_SPEEDUP
-                                     and agg["score_delta"] is not None and agg["score_delta"] >= -TARGET_SCORE_DROP)
+            # wall and CPU time both: on a shared machine a load change between runs moves the wall ratio alone
+            fast = min(agg["speedup_wall"] or 0, agg["speedup_cpu"] or 0) >= TARGET_SPEEDUP
+            agg["target_met"] = bool(fast and agg["score_delta"] is not None and agg["score_delta"] >= -TARGET_SCORE_DROP)
         out[m] = agg
     return out
 
@@ -361,17 +362,21 @@ def group_markdown(group: dict[str, Any]) -> str:
     if cal:
         head += (f"; official tau {json.dumps({k: float(f'{v:.4g}') for k, v in cal['tau'].items()})} "
                  f"(calibrated on val: target stop step {cal['target_step']})")
+    if group["preset"] == "qwen":      # a random model: the code path runs, its scores mean nothing
+        head += "; code path only, no target"
+        for a in group["aggregate"].values():
+            a.pop("target_met", None)
     return head + "\n\n" + table(group["aggregate"])
 
 
 def report(path: Path, results: Path, name: str) -> int:
-    """Tables from a (possibly partial) results JSON: only seeds that ran every mode count."""
+    """Tables from a (possibly partial) results JSON, e.g. of an interrupted run: seeds whose `none` run
+    finished count, with whichever modes they finished (the seeds column says how many per mode)."""
     result = json.loads(path.read_text())
     md = [f"Machine: {common.machine_line(result['machine'])}; commit {result['commit']}."]
     for group in result["groups"]:
         modes = list(dict.fromkeys(r["mode"] for r in group["runs"]))
-        seeds = [s for s in group["seeds"] if all(any(r["mode"] == m and r["seed"] == s for r in group["runs"])
-                                                  for m in modes)]
+        seeds = [s for s in group["seeds"] if any(r["mode"] == "none" and r["seed"] == s for r in group["runs"])]
         if not seeds:
             continue
         group["seeds"] = seeds
@@ -387,5 +392,9 @@ def report(path: Path, results: Path, name: str) -> int:
 
 NOTES = ("speedup = none / mode per seed, mean over seeds; wall and CPU are the training loop (steps plus classic's "
          "validation passes), eval is the held-out scoring, reported apart; FLOPs from vlm_grades/report/flops.py; "
-         "score = held-out test score, sd over seeds; target: speedup wall >= "
+         "score = held-out test score, sd over seeds; target: speedup wall and speedup CPU both >= "
          f"{TARGET_SPEEDUP}x and score no more than {TARGET_SCORE_DROP} below none.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
