@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from eval.formats import mean100
+from eval.gqa import preprocess  # the same exact-match preprocessing as GQA
 from vlm_grades.errors import UserError
 
 TASK = "easyvqa"
@@ -24,14 +26,6 @@ def answer_kind(answer: str) -> str:
     return "yes/no"
 
 
-def preprocess(prediction: str) -> str:
-    return prediction.strip().rstrip(".").strip().lower()
-
-
-def _mean100(values: list[float]) -> float:
-    return 100 * sum(values) / len(values) if values else 0.0
-
-
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
           raw: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     per_sample: dict[str, float] = {}
@@ -41,8 +35,8 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         correct = 1.0 if pred == ref["answer"] else 0.0
         per_sample[qid] = correct
         kinds.setdefault(ref.get("kind") or answer_kind(ref["answer"]), []).append(correct)
-    summary = {"accuracy": _mean100(list(per_sample.values())),
-               "per_kind": {k: _mean100(v) for k, v in sorted(kinds.items())},
+    summary = {"accuracy": mean100(list(per_sample.values())),
+               "per_kind": {k: mean100(v) for k, v in sorted(kinds.items())},
                "n": len(per_sample),
                "preprocessing": "raw" if raw else "strip trailing period, lowercase"}
     return summary, per_sample
@@ -60,8 +54,8 @@ def score_captions(predictions: dict[str, str], references: dict[str, dict[str, 
         words, ref_words = set(pred.split()), ref["caption"].split()
         color.extend(float(w in words) for w in ref_words if w in COLORS)
         shape.extend(float(w in words) for w in ref_words if w in SHAPES)
-    summary = {"accuracy": _mean100(list(per_sample.values())), "color": _mean100(color),
-               "shape": _mean100(shape), "n": len(per_sample),
+    summary = {"accuracy": mean100(list(per_sample.values())), "color": mean100(color),
+               "shape": mean100(shape), "n": len(per_sample),
                "preprocessing": "raw" if raw else "strip trailing period, lowercase"}
     return summary, per_sample
 

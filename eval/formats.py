@@ -194,3 +194,8 @@ def _check_columns(path, names, columns, optional) -> None:
     missing = [c for c in columns if c not in names and c not in optional]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(names)})")
+
+
+def mean100(values: list[float]) -> float:
+    """Mean as a percentage; 0 for no values."""
+    return 100 * sum(values) / len(values) if values else 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eval.formats import mean100
 from vlm_grades.errors import UserError
 
 TASK = "gqa"
@@ -15,10 +16,6 @@ TASK = "gqa"
 
 def preprocess(prediction: str) -> str:
     return prediction.strip().rstrip(".").strip().lower()
-
-
-def _mean100(values: list[float]) -> float:
-    return 100 * sum(values) / len(values) if values else 0.0
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
@@ -38,11 +35,11 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         structural.setdefault(ref["structural"] or "unknown", []).append(correct)
         semantic.setdefault(ref["semantic"] or "unknown", []).append(correct)
     summary = {
-        "accuracy": _mean100(list(per_sample.values())),
-        "binary": _mean100(split["binary"]),
-        "open": _mean100(split["open"]),
-        "per_structural_type": {k: _mean100(v) for k, v in sorted(structural.items())},
-        "per_semantic_type": {k: _mean100(v) for k, v in sorted(semantic.items())},
+        "accuracy": mean100(list(per_sample.values())),
+        "binary": mean100(split["binary"]),
+        "open": mean100(split["open"]),
+        "per_structural_type": {k: mean100(v) for k, v in sorted(structural.items())},
+        "per_semantic_type": {k: mean100(v) for k, v in sorted(semantic.items())},
         "n": len(per_sample), "n_binary": len(split["binary"]), "n_open": len(split["open"]),
         "unbalanced_skipped": sum(1 for r in references.values() if not r["is_balanced"]),
         "preprocessing": "raw (official)" if raw else "strip trailing period, lowercase",

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from eval.formats import mean100
 from vlm_grades.errors import UserError
 
 TASK = "vqav2"
@@ -108,10 +109,6 @@ def question_accuracy(prediction: str, answers: list[str], lenient: bool = False
     return float(sum(accs)) / len(accs)
 
 
-def _mean100(values: list[float]) -> float:
-    return 100 * float(sum(values)) / len(values)
-
-
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
           lenient: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """Accuracy (x100) overall, per answer type and per question type, over the references' ids
@@ -125,9 +122,9 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         by_answer.setdefault(ref.get("answer_type") or "unknown", []).append(acc)
         by_question.setdefault(ref.get("question_type") or "unknown", []).append(acc)
     summary = {
-        "accuracy": _mean100(list(per_sample.values())) if per_sample else 0.0,
-        "per_answer_type": {k: _mean100(v) for k, v in sorted(by_answer.items())},
-        "per_question_type": {k: _mean100(v) for k, v in sorted(by_question.items())},
+        "accuracy": mean100(list(per_sample.values())) if per_sample else 0.0,
+        "per_answer_type": {k: mean100(v) for k, v in sorted(by_answer.items())},
+        "per_question_type": {k: mean100(v) for k, v in sorted(by_question.items())},
         "n": len(per_sample),
         "normalization": "lenient (lmms-eval)" if lenient else "official",
     }

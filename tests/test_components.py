@@ -11,23 +11,9 @@ from torch import nn
 from vlm_grades.components import MODALITIES, build_registry, registry_table
 from vlm_grades.errors import UserError
 
+from tiny_qwen import random_qwen as tiny_qwen
 
-def tiny_qwen(seed: int = 0):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    cfg = Qwen2_5_VLConfig(
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
-                           window_size=56, in_channels=3),
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=64, max_position_embeddings=256,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=0, tie_word_embeddings=False),
-        image_token_id=60, video_token_id=61, vision_start_token_id=62, vision_end_token_id=63,
-        bos_token_id=0, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(cfg)
 
 
 class OldLayoutQwen(nn.Module):

@@ -133,3 +133,23 @@ def make_tiny_qwen(directory, seed: int = 0) -> Path:
 if __name__ == "__main__":  # python tests/tiny_qwen.py DIR
     import sys
     print(make_tiny_qwen(sys.argv[1]))
+
+
+def random_qwen(seed: int = 0):
+    """An in-memory random Qwen2.5-VL (2 vision blocks, 2 text layers), no processor: for registry and
+    engine tests that need the module tree, not a checkpoint."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    cfg = Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[1],
+                           window_size=56, in_channels=3),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=64, max_position_embeddings=256,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=0, tie_word_embeddings=False),
+        image_token_id=60, video_token_id=61, vision_start_token_id=62, vision_end_token_id=63,
+        bos_token_id=0, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(cfg)
