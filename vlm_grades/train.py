@@ -195,7 +195,9 @@ class Trainer:
             state.wall += step_time
             self._log(loss, step_time, tokens, bar)
             if cfg.stopping == "classic" and state.step % cfg.classic_every == 0:
+                t_val = time.perf_counter()
                 self._classic_check()
+                state.wall += time.perf_counter() - t_val  # validation passes are part of classic's cost
             if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and state.stop_reason is None:
                 self.checkpoint()
         bar.close()
