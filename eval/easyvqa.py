@@ -10,20 +10,11 @@ from typing import Any
 
 from eval.formats import mean100
 from eval.gqa import preprocess  # the same exact-match preprocessing as GQA
+from vlm_grades.data.easyvqa import COLORS, SHAPES, answer_kind  # the data set's vocabulary, one place
 from vlm_grades.errors import UserError
 
 TASK = "easyvqa"
-SHAPES = ("circle", "rectangle", "triangle")
-COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SPLITS = ("test", "train")
-
-
-def answer_kind(answer: str) -> str:
-    if answer in SHAPES:
-        return "shape"
-    if answer in COLORS:
-        return "color"
-    return "yes/no"
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],

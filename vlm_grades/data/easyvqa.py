@@ -37,7 +37,7 @@ def _package_split(split: str):
     return rows, paths
 
 
-def _answer_kind(answer: str) -> str:
+def answer_kind(answer: str) -> str:
     if answer in SHAPES:
         return "shape"
     if answer in COLORS:
@@ -82,7 +82,7 @@ def load_easyvqa(split: str = "train", task: str = "vqa", max_samples: int | Non
         template = prompt or EASYVQA_PROMPT
         samples = [
             Sample(id=str(n), image=paths[i], prompt=template.format(question=q), targets=[a],
-                   task="easyvqa", meta={"image_id": i, "question": q, "answer_kind": _answer_kind(a)})
+                   task="easyvqa", meta={"image_id": i, "question": q, "answer_kind": answer_kind(a)})
             for n, q, a, i in rows
         ]
     elif task == "caption":
