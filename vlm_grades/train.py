@@ -5,6 +5,7 @@ gradient clipping, `grades.observe`, optimizer step, `grades.update`, then the s
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -138,7 +139,7 @@ class Trainer:
         return {k: v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _micro_step(self, batch: dict[str, Any], sync: bool) -> float:
-        ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else _nullcontext()
+        ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
         with ctx, self.acc.autocast():
             loss = self._loss(batch)
             self.acc.backward(loss / self.cfg.grad_accum)
@@ -273,14 +274,6 @@ class Trainer:
             self.run.append("events", {"type": "checkpoint", "step": self.state.step,
                                        "path": str(path.relative_to(self.run.path))})
         self.acc.wait_for_everyone()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
