@@ -4,7 +4,7 @@
 
 For each nanoVLM preset: the training adapter and a real easy-VQA batch; a baseline model (nothing frozen)
 and, per scenario, a copy of it (same weights) whose matrices are frozen through the engine's own code path
-(`GradES._freeze`, and `GradES._finalize` for a finalized modality: requires_grad False, grad None, optimizer
+(`GradES.freeze`, which also finalizes a fully frozen modality: requires_grad False, grad None, optimizer
 state released, exactly what training does). The step is the training loop's: forward, backward, gradient
 clipping over the parameters that have gradients, AdamW (the training optimizer, one group per modality),
 zero_grad. Repetitions interleave a block of baseline steps and a block of scenario steps (the order
@@ -84,16 +84,12 @@ class Trainee:
         self.clip = cfg.clip
         self.frozen_names: list[str] = []
         if frozen is not None:
-            engine = GradES(model, self.registry, GradESConfig.from_dict({"alpha": 1}), optimizer=self.optimizer,
-                            total_steps=10)
-            chosen = {c.name for c in frozen(self.registry.components)}
-            for c in engine.components:
-                if c.name in chosen:
-                    engine._freeze(c, 0, None, None)
-            if finalize:
-                engine._finalize(0)
-                missing = set(finalize) - set(engine.finalized)
-                assert not missing, f"not finalized: {missing}"
+            engine = GradES(model, self.registry,
+                            GradESConfig.from_dict({"alpha": 1, "finalize_modalities": bool(finalize)}),
+                            optimizer=self.optimizer, total_steps=10)
+            engine.freeze(c.name for c in frozen(self.registry.components))
+            missing = set(finalize) - set(engine.finalized)
+            assert not missing, f"not finalized: {missing}"
             self.frozen_names = sorted(engine.frozen)
             self.finalized = sorted(engine.finalized)
         else:

@@ -430,3 +430,18 @@ def test_modality_frozen_by_the_user_is_not_watched():
     assert grades.frozen_fraction()["vision"] == 1.0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     assert train(model, opt, sched, grades, 1, 10) == 2 and grades.stop_reason == "all components frozen"
+
+
+def test_public_freeze_matches_the_rule_and_finalizes():
+    model, reg, opt, sched, grades, log = make({"alpha": 1}, steps=10)
+    train(model, opt, sched, grades, 1, 2)
+    vision = [c.name for c in reg.by_modality()["vision"]]
+    grades.freeze(vision, step=2)
+    assert set(grades.frozen) == set(vision) and set(grades.finalized) == {"vision"}
+    assert all(not p.requires_grad and p not in opt.state for c in reg.by_modality()["vision"] for _, p in c.params)
+    assert [e["component"] for e in events(log)] == vision
+    assert not grades.should_stop
+    with pytest.raises(UserError, match="'nope' is not a monitored component"):
+        grades.freeze(["nope"])
+    grades.freeze([c.name for c in reg.components], step=3)
+    assert grades.should_stop and grades.stop_step == 3

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -122,6 +122,22 @@ class GradES:
             done = sum(c.name in self.frozen or c.name in self.untrainable for c in comps)
             out[m] = done / len(comps) if comps else 0.0
         return out
+
+    def freeze(self, names: Iterable[str], step: int = 0) -> None:
+        """Freeze the named components now, exactly as if the rule had chosen them at `step`
+        (fixed-freeze experiments, hand overrides); finalizes modalities when the config says so."""
+        names = list(names)
+        unknown = [n for n in names if n not in self._index]
+        if unknown:
+            raise UserError(f"GradES.freeze: {unknown[0]!r} is not a monitored component")
+        new = [self.components[self._index[n]] for n in names if n not in self.frozen]
+        for c in new:
+            self._freeze(c, step, None, None)
+        if new:
+            self.bank.keep({self._index[c.name] for c in self.active()})
+            if self.config.finalize_modalities:
+                self._finalize(step)
+        self._check_stop(step)
 
     def active(self) -> list[Component]:
         return [c for c in self.components if c.name not in self.frozen]
