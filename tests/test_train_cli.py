@@ -96,7 +96,7 @@ BAD = {
     "qwen-path-is-nanovlm": ([*QWEN, "--data", "{vqa}", "--model-path", "{nano}"], "nanovlm"),
     "qwen-path-broken-config": ([*QWEN, "--data", "{vqa}", "--model-path", "{broken_config}"], "config.json"),
     "bad-batch": (["--batch-size", "0"], "--batch-size"),
-    "batch-larger-than-data": (["--steps", "2", "--max-samples", "4", "--batch-size", "8", "--stopping", "none"],
+    "batch-larger-than-data": (["--steps", "2", "--max-samples", "4", "--batch-size", "16", "--stopping", "none"],
                                "--batch-size"),
 }
 

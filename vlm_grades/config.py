@@ -42,6 +42,9 @@ class TrainConfig:
     val_max_samples: int | None = 1024
     eval_max_samples: int | None = None
     prompt: str | None = None              # prompt template with {question}
+    mix_task: str | None = None            # a second task mixed into every epoch (e.g. easyvqa-caption)
+    mix_data: str | None = None            # its data (defaults to `data`); same --split
+    mix_fraction: float = 0.0              # share of training samples from mix_task (0 = off)
     strict: bool = False
     num_workers: int = 0
     # optimisation
@@ -105,7 +108,8 @@ class TrainConfig:
         chosen = {k: v for layer in layers for k, v in layer.items() if k in ("model", "task")}
         model, task = chosen.get("model", cls.model), chosen.get("task")
         task = task or MODEL_DEFAULTS.get(model, {}).get("task", cls.task)
-        layers = (MODEL_DEFAULTS.get(model, {}), TASK_DEFAULTS.get(task, {})) + layers
+        layers = (MODEL_DEFAULTS.get(model, {}), TASK_DEFAULTS.get(task, {}),
+                  MODEL_TASK_DEFAULTS.get((model, task), {})) + layers
         merged: dict[str, Any] = {}
         for layer in layers:
             for key, value in layer.items():
@@ -137,6 +141,13 @@ class TrainConfig:
             raise UserError(f"--mixed-precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise UserError(f"--schedule: expected cosine, linear or constant, got {self.schedule!r}")
+        if not 0.0 <= self.mix_fraction < 1.0:
+            raise UserError(f"--mix-fraction: must be in [0, 1), got {self.mix_fraction}")
+        if self.mix_fraction > 0:
+            if self.mix_task not in TASKS:
+                raise UserError(f"--mix-task: expected one of {', '.join(TASKS)}, got {self.mix_task!r}")
+            if self.mix_task in ("vqav2", "gqa", "coco") and not (self.mix_data or self.data):
+                raise UserError(f"--mix-data: mixed task {self.mix_task} needs a data folder, file or hub id")
         bad = [m for m in self.freeze if m not in MODALITIES]
         if bad:
             raise UserError(f"--freeze: unknown modality {bad[0]!r} (vision, projector, language)")
@@ -203,6 +214,14 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen2.5-vl": {"lr_vision": 2e-6, "lr_projector": 1e-5, "lr_language": 1e-5, "batch_size": 4,
                    "steps": 1000, "warmup": 0.03, "eval_batch_size": 8, "val_max_samples": 256,
                    "task": "vqav2"},
+}
+
+# A from-scratch nanoVLM learns shapes through the language model far faster when half of its samples
+# are the images' derived captions ("a red triangle"): the caption names the shape of every image, while
+# only one easy-VQA question in eight asks for it (measured: shape questions at chance after 800 steps
+# without captions, 94% with them).
+MODEL_TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("nanovlm", "easyvqa"): {"mix_task": "easyvqa-caption", "mix_fraction": 0.5},
 }
 
 # Only easy-VQA has known split names for validation and held-out evaluation; other data sets name theirs.

@@ -29,7 +29,7 @@ from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
 from vlm_grades.run_folder import RunFolder
 from vlm_grades.sampler import ResumableSampler
 from vlm_grades.models import build_adapter
-from vlm_grades.train_data import load_split, training_dataset
+from vlm_grades.train_data import load_split, mix_in, training_dataset
 
 
 @dataclass
@@ -49,7 +49,12 @@ class Trainer:
         self.state = LoopState()
         set_seed(cfg.seed)
 
-        self.train_samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
+        main_samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
+        self.train_samples, repeats = mix_in(cfg, main_samples)
+        if repeats and self.main:
+            n = len(self.train_samples) - len(main_samples)
+            print(f"mixing in {cfg.mix_task}: {n // repeats} samples x {repeats} = {n / len(self.train_samples):.0%} "
+                  f"of {len(self.train_samples)} training samples (--mix-fraction 0 turns it off)")
         self.val_samples = load_split(cfg, cfg.val_split, cfg.val_max_samples, "validation") \
             if cfg.val_split and cfg.stopping == "classic" else []
         if cfg.stopping == "classic" and not self.val_samples:

@@ -1,6 +1,7 @@
 """Training data: the samples of a split, and the Dataset that preprocesses them for an adapter."""
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Sequence
 
@@ -19,6 +20,21 @@ def load_split(cfg: TrainConfig, split: str | None, max_samples: int | None, pur
     if not samples:
         raise UserError(f"--split {split}: no {purpose} samples in {data or cfg.data or cfg.task}")
     return samples
+
+
+def mix_in(cfg: TrainConfig, samples: list[Sample]) -> tuple[list[Sample], int]:
+    """`samples` plus cfg.mix_task's training samples repeated so that they make up about cfg.mix_fraction
+    of the list (a fixed list, so the resumable sampler's epochs stay exact). -> (samples, repeats)"""
+    if cfg.mix_fraction <= 0 or not cfg.mix_task:
+        return samples, 0
+    if not isinstance(samples, list):
+        raise UserError(f"--mix-task: needs a training set held in memory; {cfg.task} is streamed")
+    extra = load_split(dataclasses.replace(cfg, task=cfg.mix_task, prompt=None), cfg.split,
+                       cfg.max_samples, f"--mix-task {cfg.mix_task}", data=cfg.mix_data or cfg.data)
+    if not isinstance(extra, list):
+        raise UserError(f"--mix-task {cfg.mix_task}: streamed data sets cannot be mixed in")
+    repeats = max(1, round(cfg.mix_fraction / (1 - cfg.mix_fraction) * len(samples) / len(extra)))
+    return samples + extra * repeats, repeats
 
 
 def training_dataset(samples: Sequence[Sample], adapter, seed: int) -> SampleDataset:

@@ -48,10 +48,15 @@ def register(sub) -> None:
     d.add_argument("--val-max-samples", type=int, default=S, help="validation samples (default 1024)")
     d.add_argument("--eval-max-samples", type=int, default=S, help="held-out samples (default all)")
     d.add_argument("--prompt", default=S, help="prompt template containing {question}")
+    d.add_argument("--mix-task", default=S, help="a second task mixed into training, e.g. easyvqa-caption "
+                   "(nanovlm on easy-VQA: easyvqa-caption)")
+    d.add_argument("--mix-data", default=S, help="data of --mix-task if not --data")
+    d.add_argument("--mix-fraction", type=float, default=S,
+                   help="share of training samples from --mix-task (nanovlm on easy-VQA: 0.5; 0 = off)")
     d.add_argument("--strict", action="store_true", default=S, help="fail on the first bad record")
     d.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes (default 0)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=S, help="planned optimizer steps (default 1500)")
+    o.add_argument("--steps", type=int, default=S, help="planned optimizer steps (default 2000)")
     o.add_argument("--batch-size", type=int, default=S, help="per-process batch size (default 64)")
     o.add_argument("--grad-accum", type=int, default=S, help="gradient accumulation steps (default 1)")
     o.add_argument("--lr", type=float, default=S, help="one learning rate for all modalities")
