@@ -276,6 +276,8 @@ def main(argv=None) -> int:
                     choices=["easyvqa", "easyvqa-caption"], help="tasks (smol and qwen run the first one only)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="stopping modes")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per mode (default: tiny 3, smol 1, qwen 1)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds are first-seed .. first-seed+seeds-1 (to split a grid over processes)")
     ap.add_argument("--steps", type=int, default=None, help="planned steps (default: the preset's)")
     ap.add_argument("--max-samples", type=int, default=None, help="training samples (default: all)")
     ap.add_argument("--eval-max-samples", type=int, default=None, help="held-out test samples scored (default: all)")
@@ -288,13 +290,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="folder for the run folders (default runs/bench-e2e-<time>)")
     ap.add_argument("--tag", default="", help="suffix of the results file names")
     ap.add_argument("--results", default=str(common.RESULTS), help="folder for end_to_end[-tag].json/.md")
-    ap.add_argument("--report", metavar="JSON", default=None,
-                    help="only print the tables (and rewrite the .md) from a results JSON, e.g. of an interrupted "
-                         "run: seeds that ran every mode")
+    ap.add_argument("--report", metavar="JSON", nargs="+", default=None,
+                    help="only print the tables (and rewrite the .md) from results JSON files, e.g. of an "
+                         "interrupted run or of processes that ran different seeds (merged per preset and task)")
     args = ap.parse_args(argv)
     name = "end_to_end" + (f"-{args.tag}" if args.tag else "")
     if args.report:
-        return report(Path(args.report), Path(args.results), name)
+        return report([Path(p) for p in args.report], Path(args.results), name)
 
     import torch
 
@@ -317,7 +319,7 @@ def main(argv=None) -> int:
         tasks = args.tasks if preset == "tiny" else args.tasks[:1]
         for task in tasks:
             layer = base_layer(preset, task, args, extra)
-            seeds = list(range(args.seeds or DEFAULT_SEEDS[preset]))
+            seeds = list(range(args.first_seed, args.first_seed + (args.seeds or DEFAULT_SEEDS[preset])))
             group: dict[str, Any] = {"preset": preset, "task": task, "seeds": seeds, "layer": layer, "runs": []}
             folder = out / f"{preset}-{task}"
             official_tau = None
@@ -369,10 +371,32 @@ def group_markdown(group: dict[str, Any]) -> str:
     return head + "\n\n" + table(group["aggregate"])
 
 
-def report(path: Path, results: Path, name: str) -> int:
-    """Tables from a (possibly partial) results JSON, e.g. of an interrupted run: seeds whose `none` run
-    finished count, with whichever modes they finished (the seeds column says how many per mode)."""
-    result = json.loads(path.read_text())
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """Results JSON files of several processes as one: groups with the same preset and task pool their runs."""
+    results = [json.loads(p.read_text()) for p in paths]
+    merged = {**results[0], "groups": []}
+    commits = sorted({r["commit"] for r in results})
+    merged["commit"] = " + ".join(commits)
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        for g in r["groups"]:
+            key = (g["preset"], g["task"])
+            if key not in by_key:
+                by_key[key] = {**g, "runs": [], "seeds": []}
+                merged["groups"].append(by_key[key])
+            into = by_key[key]
+            into["runs"] += g["runs"]
+            into["seeds"] = sorted(set(into["seeds"]) | set(g["seeds"]))
+            if g.get("official_calibration") and not into.get("official_calibration"):
+                into["official_calibration"] = g["official_calibration"]
+    return merged
+
+
+def report(paths: list[Path], results: Path, name: str) -> int:
+    """Tables from (possibly partial) results JSON files, e.g. of an interrupted run or of processes that ran
+    different seeds: seeds whose `none` run finished count, with whichever modes they finished (the seeds
+    column says how many per mode)."""
+    result = merge_results(paths)
     md = [f"Machine: {common.machine_line(result['machine'])}; commit {result['commit']}."]
     for group in result["groups"]:
         modes = list(dict.fromkeys(r["mode"] for r in group["runs"]))

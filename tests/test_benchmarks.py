@@ -37,6 +37,20 @@ def test_end_to_end_minimal(tmp_path):
     assert group["aggregate"]["none"]["speedup_wall"] == pytest.approx(1.0)
     assert "| grades |" in (results / "end_to_end-smoke.md").read_text()
 
+    # a second process runs seed 1; --report merges both into one table over seeds 0 and 1
+    assert e2e.main(["--presets", "tiny", "--tasks", "easyvqa", "--modes", "none", "grades", "--seeds", "1",
+                     "--first-seed", "1", "--steps", "4", "--max-samples", "256", "--eval-max-samples", "16",
+                     "--batch-size", "8", "--threads", "0", "--out", str(tmp_path / "runs2"),
+                     "--results", str(results), "--tag", "smoke2"]) == 0
+    merged = e2e.merge_results([results / "end_to_end-smoke.json", results / "end_to_end-smoke2.json"])
+    group = merged["groups"][0]
+    assert group["seeds"] == [0, 1] and "official_calibration" in group
+    assert sorted((r["mode"], r["seed"]) for r in group["runs"] if r["mode"] in ("none", "grades")) == \
+        [("grades", 0), ("grades", 1), ("none", 0), ("none", 1)]
+    assert e2e.main(["--report", str(results / "end_to_end-smoke.json"), str(results / "end_to_end-smoke2.json"),
+                     "--results", str(results), "--tag", "merged"]) == 0
+    assert "| none | 2 |" in (results / "end_to_end-merged.md").read_text()
+
 
 @pytest.mark.slow
 def test_step_cost_minimal(tmp_path):
