@@ -133,7 +133,7 @@ def test_lora_run_freezes_adapter_factors(tmp_path):
 def test_trainer_checkpoint_resume_keeps_the_engine_state(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    config = {"alpha": 4, "rho": 0.7, "patience": 2}
+    config = {"alpha": 4, "rho": 0.7, "patience": 2, "smoothing": 0, "auto_window": 5}
 
     def trainer(cb, out, steps, model=None):
         args = TrainingArguments(

@@ -409,7 +409,7 @@ def test_interval_grad_change_uses_the_step_before_and_grad_metric():
 
 
 def test_auto_tau_is_rho_times_the_grace_level():
-    model, reg, opt, sched, grades, log = make({"alpha": 5, "rho": 0.5, "auto_window": 2}, steps=200)
+    model, reg, opt, sched, grades, log = make({"alpha": 5, "rho": 0.5, "auto_window": 2, "smoothing": 0}, steps=200)
     train(model, opt, sched, grades, 1, 5)
     conv = {r["step"]: r for k, r in log if k == "convergence"}
     name = "decoder.blocks.0.mlp.down_proj"

@@ -18,7 +18,9 @@ from vlm_grades.run_folder import RunFolder
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1"}
 # 256 samples over 2 processes, 4 per micro-batch, 2 micro-batches per step: 16 steps per epoch
 RUN = ["--max-samples", "256", "--batch-size", "4", "--grad-accum", "2", "--steps", "40", "--checkpoint-every",
-       "10", "--no-progress", "--seed", "5"]
+       "10", "--no-progress", "--seed", "5", "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0",
+       "--auto-window", "5",
+       "--mix-fraction", "0"]
 
 
 def free_port() -> int:
@@ -135,7 +137,8 @@ def test_qwen_lora_under_ddp(tmp_path):
     out = tmp_path / "run"
     done = torchrun("--model", "qwen2.5-vl", "--model-path", str(model), "--task", "vqav2", "--data", data["source"],
                     "--split", "val", "--batch-size", "2", "--steps", "12", "--lr", "1e-2", "--eval-split=",
-                    "--no-progress", "--lora", "--lora-targets", "both", "--out", str(out))
+                    "--no-progress", "--lora", "--lora-targets", "both", "--smoothing", "0", "--auto-window", "5",
+                    "--out", str(out))
     check_ok(done)
     r0, r1 = rank_states(out)
     assert r0["frozen"] and r0["trainable"], (r0["frozen"], r0["trainable"])   # some adapters frozen, some not

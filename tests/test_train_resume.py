@@ -22,7 +22,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 256 samples / batch 8 = 32 steps per epoch, so the 40 steps cross an epoch boundary; GradES (auto thresholds,
 # grace 12 steps) freezes matrices both before and after step 20
 RUN = ["--max-samples", "256", "--batch-size", "8", "--steps", "40", "--checkpoint-every", "10", "--eval-split=",
-       "--no-progress", "--seed", "3", "--mix-fraction", "0"]
+       "--no-progress", "--seed", "3", "--mix-fraction", "0",
+       "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0",
+       "--auto-window", "5"]
 SMALL = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--checkpoint-every", "4", "--eval-split=",
          "--no-progress", "--seed", "1", "--alpha", "4", "--patience", "1"]
 

@@ -79,6 +79,8 @@ def register(sub) -> None:
     s.add_argument("--tau-projector", type=_tau, default=S, help="projector threshold")
     s.add_argument("--tau-language", type=_tau, default=S, help="language threshold")
     s.add_argument("--rho", type=float, default=S, help="auto thresholds: fraction of the grace-period level")
+    s.add_argument("--auto-window", type=int, default=S,
+                   help="auto thresholds: the level is the mean of the last N grace-period checks (default 100)")
     s.add_argument("--alpha", type=float, default=S, help="grace period: fraction of steps, or steps if >= 1")
     s.add_argument("--interval", type=int, default=S, help="check every N steps")
     s.add_argument("--patience", type=int, default=S, help="consecutive checks below tau before freezing")
@@ -101,7 +103,7 @@ def register(sub) -> None:
 
 
 GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
-                "alpha": "alpha", "interval": "interval", "patience": "patience", "smoothing": "smoothing",
+                "auto_window": "auto_window", "alpha": "alpha", "interval": "interval", "patience": "patience", "smoothing": "smoothing",
                 "stop_fraction": "stop_fraction"}
 
 

@@ -31,11 +31,11 @@ class GradESConfig:
     metric: str = "grad_change"             # grad_change (paper v3) | grad (paper v1) | weight_change (official)
     normalization: str = "mean"             # mean per element | sum (official)
     tau: Any = "auto"                       # "auto", one float for all, or {modality: float | "auto" | None}
-    rho: float = 0.3                        # auto: converged at rho x the component's end-of-grace level
-    auto_window: int = 5                    # auto: the level is the mean of the last N checks of the grace period
+    rho: float = 0.4                        # auto: converged at rho x the component's end-of-grace level
+    auto_window: int = 100                  # auto: the level is the mean of the last N checks of the grace period
     alpha: float = 0.3                      # grace period: fraction of total steps (< 1) or an absolute step (>= 1)
     interval: int = 1                       # check every N optimizer steps
-    smoothing: float = 0.0                  # exponential smoothing factor beta of the statistic (0 = off)
+    smoothing: float = 0.99                 # exponential smoothing factor beta of the statistic (0 = off)
     patience: int = 2                       # consecutive checks below tau before a matrix freezes
     sketch: str = "auto"                    # auto (big matrices sampled) | on (every matrix) | off (exact)
     sketch_fraction: float = 1 / 32         # entries sampled per sketched matrix ...
