@@ -284,6 +284,36 @@ def test_missing_processor_files_is_user_error(ckpt, tmp_path):
     assert str(bare) in _one_line(e) and "processor" in str(e.value)
 
 
+def _edit_weights(ckpt, folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(ckpt, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    edit(weights)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_weight_shape_mismatch_is_one_line_naming_the_weight(ckpt, tmp_path, capsys):
+    def widen(w):   # transformers saves the older layout on disk (model.layers.N...)
+        key = "model.layers.0.mlp.down_proj.weight"
+        w[key] = torch.zeros(w[key].shape[0], w[key].shape[1] + 1)
+    _edit_weights(ckpt, tmp_path / "wide", widen)
+    with pytest.raises(UserError) as e:
+        Qwen25VLAdapter.load(str(tmp_path / "wide"))
+    assert "layers.0.mlp.down_proj.weight has shape [32, 65]" in _one_line(e) and "[32, 64]" in str(e.value)
+    assert "LOAD REPORT" not in capsys.readouterr().err   # transformers' multi-line table is not shown
+
+
+def test_missing_weights_warn_in_one_line_and_load(ckpt, tmp_path, caplog):
+    key = "model.language_model.layers.1.mlp.up_proj.weight"
+    _edit_weights(ckpt, tmp_path / "holey", lambda w: w.pop("model.layers.1.mlp.up_proj.weight"))
+    with caplog.at_level("WARNING", logger="vlm_grades.models"):
+        a = Qwen25VLAdapter.load(str(tmp_path / "holey"))
+    assert [r.getMessage() for r in caplog.records if r.name == "vlm_grades.models"] == [
+        f"{tmp_path / 'holey'}: 1 weight is not in the checkpoint and will start random (first: {key})"]
+    assert a.model.model.language_model.layers[1].mlp.up_proj.weight.shape[0] == 64
+
+
 def test_hub_id_goes_through_from_pretrained(monkeypatch):
     import transformers
 

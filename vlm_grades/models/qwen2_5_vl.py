@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from torch import nn
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError
 from vlm_grades.models.lora import LoraSettings, apply_lora, load_lora
+
+log = logging.getLogger("vlm_grades.models")
 
 ARCHITECTURE = "qwen2_5_vl"
 META_FILE = "vlm_grades_model.json"       # written by save(): base model, LoRA settings, pixel budget
@@ -392,6 +395,10 @@ def _load_processor(source: str, shown: str):
     return processor
 
 
+def _drop_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
+
+
 def _load_model(source: str, shown: str, dtype: Any, attn_implementation: Optional[str]):
     import transformers
     from packaging.version import Version
@@ -405,10 +412,29 @@ def _load_model(source: str, shown: str, dtype: Any, attn_implementation: Option
     kwargs: dict[str, Any] = {key: dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    # transformers prints a multi-line load report and then raises on a shape mismatch; silence the report,
+    # let it load, and give the user the first mismatched weight in one line instead.
+    # (A filter, not a log level: transformers runs extra checks when its logger's level is raised.)
+    report_log = logging.getLogger("transformers.modeling_utils")
+    report_log.addFilter(_drop_load_report)
     try:
-        return Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **kwargs)
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            source, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
     except Exception as e:
         raise UserError(f"{shown}: cannot load the Qwen2.5-VL weights ({_first_line(e)})") from None
+    finally:
+        report_log.removeFilter(_drop_load_report)
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: m[0])
+    if mismatched:
+        key, found, expected = mismatched[0]
+        more = f" and {len(mismatched) - 1} more" if len(mismatched) > 1 else ""
+        raise UserError(f"{shown}: weight {key} has shape {list(found)} in the checkpoint but its config.json "
+                        f"gives {list(expected)}{more}; the weights do not belong to this config")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        count = "1 weight is" if len(missing) == 1 else f"{len(missing)} weights are"
+        log.warning("%s: %s not in the checkpoint and will start random (first: %s)", shown, count, missing[0])
+    return model
 
 
 def _processor_pixels(processor) -> tuple[int, int]:
