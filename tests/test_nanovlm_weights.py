@@ -126,6 +126,21 @@ def test_siglip_prefixes_and_errors(siglip_dir, tmp_path):
         load_siglip_vision(ViT(VLMConfig(**VIT)), tmp_path / "empty")
 
 
+def test_weight_files_that_look_like_hub_ids_are_not_fetched(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    def no_hub(*a, **k):
+        raise AssertionError("tried the hub")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^weights/model\.safetensors: no such file$"):
+        load_smollm2(LanguageModel(VLMConfig(**LM)), "weights/model.safetensors")
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "SmolLM2.Q4_1.gguf").write_bytes(b"GGUF")
+    with pytest.raises(UserError, match=r"^lm/SmolLM2\.Q4_1\.gguf: GGUF files are not read directly"):
+        load_smollm2(LanguageModel(VLMConfig(**LM)), "lm/SmolLM2.Q4_1.gguf")
+
+
 def test_smollm2_map_gives_identical_logits(llama_dir):
     d, hf = llama_dir
     lm = LanguageModel(VLMConfig(**LM)).eval()
