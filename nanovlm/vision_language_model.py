@@ -12,6 +12,7 @@ from nanovlm.config import VLMConfig
 from nanovlm.language_model import LanguageModel
 from nanovlm.modality_projector import ModalityProjector
 from nanovlm.vision_transformer import ViT
+from nanovlm.weights import check_state_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -179,22 +180,3 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: 
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                             ignore_index=-100, reduction="sum")
     return total / (target != -100).sum().clamp(min=1)
-
-
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
-                     optional: set[str] = frozenset()) -> None:
-    """UserError naming `source` and the first missing, unexpected or mis-shaped tensor."""
-    from vlm_grades.errors import UserError
-
-    expected = model.state_dict()
-    for name, t in expected.items():
-        if name not in state:
-            if name in optional:
-                continue
-            raise UserError(f"{source}: tensor {name} missing (does the config match the weights?)")
-        if tuple(state[name].shape) != tuple(t.shape):
-            raise UserError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
-                            f"the config expects {tuple(t.shape)}")
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise UserError(f"{source}: unexpected tensor {extra[0]} (does the config match the weights?)")

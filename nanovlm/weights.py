@@ -91,18 +91,26 @@ def _check_config(source: Path, hf: dict, pairs: list[tuple[str, float]]) -> Non
             raise UserError(f"{source}: config.json has {key}={hf[key]} but the nanoVLM config expects {ours}")
 
 
-def _assign(module: nn.Module, mapped: dict[str, torch.Tensor], source: Path) -> None:
-    """Copy the mapped tensors into `module`; UserError on the first missing or mis-shaped one."""
-    expected = module.state_dict()
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,
+                     optional: set[str] = frozenset()) -> None:
+    """UserError naming `source` and the first missing, unexpected or mis-shaped tensor of `state`
+    (names as in `model.state_dict()`); names in `optional` may be absent."""
+    expected = model.state_dict()
     for name, t in expected.items():
-        if name not in mapped:
-            raise UserError(f"{source}: no checkpoint tensor maps to {name} (does the nanoVLM config match?)")
-        if tuple(mapped[name].shape) != tuple(t.shape):
-            raise UserError(f"{source}: tensor for {name} has shape {tuple(mapped[name].shape)}, "
+        if name not in state:
+            if name in optional:
+                continue
+            raise UserError(f"{source}: tensor {name} missing (does the nanoVLM config match the weights?)")
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise UserError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
                             f"the nanoVLM config expects {tuple(t.shape)}")
-    extra = [k for k in mapped if k not in expected]
+    extra = [k for k in state if k not in expected]
     if extra:
-        raise UserError(f"{source}: mapped tensor {extra[0]} has no place in the model")
+        raise UserError(f"{source}: unexpected tensor {extra[0]} (does the nanoVLM config match the weights?)")
+
+
+def _assign(module: nn.Module, mapped: dict[str, torch.Tensor], source: Path) -> None:
+    check_state_dict(module, mapped, source)
     module.load_state_dict(mapped, strict=True)
 
 

@@ -104,7 +104,7 @@ def test_siglip_prefixes_and_errors(siglip_dir, tmp_path):
     from safetensors.torch import load_file, save_file
     state = load_file(str(d / "model.safetensors"))
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(UserError, match=rf"{tmp_path}: tensor for patch_embedding\.position_embedding has shape \(1, 16, 32\), "
+    with pytest.raises(UserError, match=rf"{tmp_path}: tensor patch_embedding\.position_embedding has shape \(1, 16, 32\), "
                                          r"the nanoVLM config expects \(1, 16, 16\)"):
         load_siglip_vision(ViT(VLMConfig(**{**VIT, "vit_hidden_dim": 16, "vit_n_heads": 2})), tmp_path)
     # transformers 5 saves SiglipVisionModel without the `vision_model.` prefix that hub checkpoints carry
@@ -177,7 +177,7 @@ def test_smollm2_errors(llama_dir):
         load_smollm2(LanguageModel(VLMConfig(**{**LM, "lm_re_base": 10000.0})), d)
     with pytest.raises(UserError, match="2 layers, the nanoVLM config 3"):
         load_smollm2(LanguageModel(VLMConfig(**{**LM, "lm_n_blocks": 3})), d)
-    with pytest.raises(UserError, match=rf"{d}: tensor for token_embedding\.weight has shape \(128, 64\)"):
+    with pytest.raises(UserError, match=rf"{d}: tensor token_embedding\.weight has shape \(128, 64\)"):
         load_smollm2(LanguageModel(VLMConfig(**{**LM, "lm_vocab_size": 256})), d)
 
 
