@@ -66,7 +66,7 @@ def test_nanovlm_every_block_linear_and_projector():
     assert names["projector"] == {"MP.proj.weight"}
     js = json.loads(json.dumps(reg.to_json()))
     assert js["architecture"] == "nanovlm" and len(js["components"]) == 30
-    assert js["modalities"]["projector"] == {"parameters": 131072, "monitored_parameters": 131072}
+    assert js["modalities"]["projector"] == {"parameters": 65536, "monitored_parameters": 65536}
     assert js["components"][0] == {"name": "vision_encoder.blocks.0.attn.qkv_proj", "modality": "vision",
                                    "layer": 0, "kind": "attn.qkv", "numel": 49536}
 
@@ -178,7 +178,7 @@ def test_table_and_command(tmp_path, capsys):
     assert "vision: 8 components" in text and "mlp.fc1" in text and "language: 21 components" in text
     assert main(["components", "--model", "nanovlm", "--preset", "tiny"]) == 0
     out = capsys.readouterr().out
-    assert "projector: 1 components, 131,072 monitored" in out
+    assert "projector: 1 components, 65,536 monitored" in out
     tiny_qwen().config.save_pretrained(tmp_path)
     assert main(["components", "--model", "qwen2.5-vl", "--model-path", str(tmp_path), "--json"]) == 0
     js = json.loads(capsys.readouterr().out)
