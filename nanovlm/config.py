@@ -27,13 +27,11 @@ class VLMConfig:
     # modality projector
     mp_pixel_shuffle_factor: int = 2
 
-    # language model (width 256: at width 128 the yes/no questions of easy-VQA, which need the question's
-    # colour or shape compared with the image's, stayed at their answer prior for the first 1200 steps;
-    # at 256 they are learned by step 800-1000)
-    lm_hidden_dim: int = 256
-    lm_inter_dim: int = 768
-    lm_n_heads: int = 8
-    lm_n_kv_heads: int = 4
+    # language model
+    lm_hidden_dim: int = 128
+    lm_inter_dim: int = 384
+    lm_n_heads: int = 4
+    lm_n_kv_heads: int = 2
     lm_n_blocks: int = 3
     lm_vocab_size: int = 256
     lm_rms_eps: float = 1e-5

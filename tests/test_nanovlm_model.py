@@ -52,7 +52,7 @@ def test_shapes_through_every_module(stem):
     feats = ViT(cfg)(images)
     assert feats.shape == (B, cfg.vit_n_patches, cfg.vit_hidden_dim) == (B, 64, 128)
     proj = ModalityProjector(cfg)(feats)
-    assert proj.shape == (B, cfg.mp_image_token_length, cfg.lm_hidden_dim) == (B, 16, 256)
+    assert proj.shape == (B, cfg.mp_image_token_length, cfg.lm_hidden_dim) == (B, 16, 128)
     logits, cache = LanguageModel(cfg)(torch.randint(0, 256, (B, 7)), use_cache=True)
     assert logits.shape == (B, 7, cfg.lm_vocab_size)
     assert len(cache) == cfg.lm_n_blocks and cache[0][0].shape == (B, cfg.lm_n_kv_heads, 7, 32)
