@@ -18,9 +18,8 @@ from vlm_grades.run_folder import RunFolder
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1"}
 # 256 samples over 2 processes, 4 per micro-batch, 2 micro-batches per step: 16 steps per epoch
 RUN = ["--max-samples", "256", "--batch-size", "4", "--grad-accum", "2", "--steps", "40", "--checkpoint-every",
-       "10", "--no-progress", "--seed", "5", "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0",
-       "--auto-window", "5",
-       "--mix-fraction", "0"]
+       "10", "--no-progress", "--seed", "5", "--mix-fraction", "0",
+       "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0", "--auto-window", "5"]
 
 
 def free_port() -> int:

@@ -23,8 +23,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # grace 12 steps) freezes matrices both before and after step 20
 RUN = ["--max-samples", "256", "--batch-size", "8", "--steps", "40", "--checkpoint-every", "10", "--eval-split=",
        "--no-progress", "--seed", "3", "--mix-fraction", "0",
-       "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0",
-       "--auto-window", "5"]
+       "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0", "--auto-window", "5"]
 SMALL = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--checkpoint-every", "4", "--eval-split=",
          "--no-progress", "--seed", "1", "--alpha", "4", "--patience", "1"]
 

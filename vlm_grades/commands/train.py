@@ -103,8 +103,8 @@ def register(sub) -> None:
 
 
 GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
-                "auto_window": "auto_window", "alpha": "alpha", "interval": "interval", "patience": "patience", "smoothing": "smoothing",
-                "stop_fraction": "stop_fraction"}
+                "auto_window": "auto_window", "alpha": "alpha", "interval": "interval", "patience": "patience",
+                "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
 
 
 def flags_to_settings(args: argparse.Namespace) -> dict:
