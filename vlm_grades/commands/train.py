@@ -74,20 +74,8 @@ def register(sub) -> None:
     s.add_argument("--grades-preset", default=S, help="'official': reproduce the official grades package")
     s.add_argument("--metric", default=S, help="grad_change (default), grad or weight_change")
     s.add_argument("--normalization", default=S, help="mean (default) or sum")
-    s.add_argument("--tau", type=_tau, default=S, help="one threshold for every modality, or 'auto'")
-    s.add_argument("--tau-vision", type=_tau, default=S, help="vision threshold")
-    s.add_argument("--tau-projector", type=_tau, default=S, help="projector threshold")
-    s.add_argument("--tau-language", type=_tau, default=S, help="language threshold")
-    s.add_argument("--rho", type=float, default=S, help="auto thresholds: fraction of the grace-period level")
-    s.add_argument("--auto-window", type=int, default=S,
-                   help="auto thresholds: the level is the mean of the last N grace-period checks (default 100)")
-    s.add_argument("--alpha", type=float, default=S, help="grace period: fraction of steps, or steps if >= 1")
+    add_rule_flags(s)
     s.add_argument("--interval", type=int, default=S, help="check every N steps")
-    s.add_argument("--patience", type=int, default=S, help="consecutive checks below tau before freezing")
-    s.add_argument("--smoothing", type=float, default=S, help="exponential smoothing factor of the statistic")
-    s.add_argument("--stop-fraction", type=float, default=S, help="stop once this fraction is frozen")
-    s.add_argument("--no-finalize", action="store_true", default=S,
-                   help="do not freeze a converged modality's norms and embeddings")
     s.add_argument("--classic-every", type=int, default=S, help="classic: validate every N steps (default 100)")
     s.add_argument("--classic-patience", type=int, default=S, help="classic: checks without improvement")
     r = p.add_argument_group("run")
@@ -100,6 +88,23 @@ def register(sub) -> None:
     r.add_argument("--log-every", type=int, default=S, help="tracker logging interval in steps")
     r.add_argument("--no-progress", action="store_true", default=S, help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_rule_flags(group) -> None:
+    """The GradES rule's flags (thresholds, grace period, smoothing, patience, stop): shared with `replay`."""
+    group.add_argument("--tau", type=_tau, default=S, help="one threshold for every modality, or 'auto'")
+    group.add_argument("--tau-vision", type=_tau, default=S, help="vision threshold")
+    group.add_argument("--tau-projector", type=_tau, default=S, help="projector threshold")
+    group.add_argument("--tau-language", type=_tau, default=S, help="language threshold")
+    group.add_argument("--rho", type=float, default=S, help="auto thresholds: fraction of the grace-period level")
+    group.add_argument("--auto-window", type=int, default=S,
+                       help="auto thresholds: the level is the mean of the last N grace-period checks (default 100)")
+    group.add_argument("--alpha", type=float, default=S, help="grace period: fraction of steps, or steps if >= 1")
+    group.add_argument("--patience", type=int, default=S, help="consecutive checks below tau before freezing")
+    group.add_argument("--smoothing", type=float, default=S, help="exponential smoothing factor of the statistic")
+    group.add_argument("--stop-fraction", type=float, default=S, help="stop once this fraction is frozen")
+    group.add_argument("--no-finalize", action="store_true", default=S,
+                       help="do not freeze a converged modality's norms and embeddings")
 
 
 GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",

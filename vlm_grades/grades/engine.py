@@ -185,6 +185,13 @@ class GradES:
             self._decide(step, values)
         self._check_stop(step)
 
+    def check(self, step: int, values: dict[str, float | None]) -> None:
+        """One check on statistics computed elsewhere (a replay of a run's convergence log): the same
+        smoothing, thresholds, patience, freezing and stop signal as a live check. A component missing from
+        `values` is left as it is at this step."""
+        self._decide(step, [values.get(c.name) for c in self.components])
+        self._check_stop(step)
+
     # ------------------------------------------------------------------ decisions
     def _tau_for(self, c: Component, value: float) -> float | None:
         t = self.config.tau[c.modality]
@@ -205,6 +212,8 @@ class GradES:
         beta = cfg.smoothing
         for c in self.active():
             v = values[self._index[c.name]]
+            if v is None:                                           # not measured (replays only)
+                continue
             checked[c.name] = v
             if not math.isfinite(v):
                 self.nonfinite[c.name] = self.nonfinite.get(c.name, 0) + 1

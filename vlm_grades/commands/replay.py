@@ -1,0 +1,31 @@
+"""`vlm-grades replay RUN`: what another GradES setting would have frozen, and when, on a run's logged statistics."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from vlm_grades.commands.train import add_rule_flags, flags_to_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="replay the GradES rule with other settings on a run's logged statistics",
+                       description="Feeds the statistics in RUN/convergence.jsonl to the GradES engine with the "
+                                   "run's settings, changed by the flags given (thresholds, rho, grace period, "
+                                   "smoothing, patience), and prints per modality what it would have frozen and "
+                                   "when, and where it would have stopped, beside what the run did. No training: "
+                                   "it assumes the statistics the run logged. Most informative on a run that "
+                                   "froze nothing (e.g. trained with --tau 1e-30).")
+    p.add_argument("run", metavar="RUN", help="run folder written by `vlm-grades train` with GradES on")
+    add_rule_flags(p.add_argument_group("rule (defaults: the run's own settings)"))
+    p.add_argument("--json", action="store_true", help="print the result as JSON (freeze step of every matrix)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlm_grades.replay import replay, replay_table
+
+    settings = flags_to_settings(argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                       if k not in ("run", "json")}))
+    result = replay(args.run, settings.get("grades", {}))
+    print(json.dumps(result, indent=2) if args.json else replay_table(result))
+    return 0
