@@ -1,6 +1,7 @@
-"""`vlm-grades replay`: the GradES rule replayed on a real run's convergence log. With the run's own settings
-it reproduces the run's freeze steps exactly; a stricter rule never freezes a matrix earlier; an absolute
-threshold above every statistic freezes everything once the patience is used up; bad input is one line."""
+"""`vlm-grades replay`: the GradES rule replayed on a real run's convergence log (config.yaml keeps every
+GradES setting, given or default). With the run's own settings it reproduces the run's freeze steps exactly;
+a stricter rule never freezes a matrix earlier; an absolute threshold above every statistic freezes
+everything once the patience is used up; bad input is one line."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,8 @@ def run(tmp_path_factory) -> Path:
                  "--eval-split=", "--checkpoint-every", "100", "--smoothing", "0", "--auto-window", "5",
                  "--rho", "0.6", "--out", str(out)]) == 0
     assert RunData.load(out).freeze_steps, "precondition: the run froze some matrices"
+    saved = yaml.safe_load((out / "config.yaml").read_text())["grades"]
+    assert saved["rho"] == 0.6 and saved["patience"] == 2 and saved["metric"] == "grad_change", saved
     return out
 
 

@@ -290,6 +290,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                               project_dir=cfg.out, cpu=_cpu_processes())
     run, resume_from = open_run_folder(cfg, resume, accelerator)
     trainer = Trainer(cfg, run, accelerator, resume_from)
+    if trainer.grades is not None:   # every GradES setting, not only those given: replays and reports need the rule
+        cfg.grades = trainer.grades.config.to_dict()
     if accelerator.is_main_process:
         run.write_json("components.json", trainer.registry.to_json(trainer.module))
         (run.path / "config.yaml").write_text(cfg.to_yaml())
