@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import math
 import os
@@ -290,11 +291,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                               project_dir=cfg.out, cpu=_cpu_processes())
     run, resume_from = open_run_folder(cfg, resume, accelerator)
     trainer = Trainer(cfg, run, accelerator, resume_from)
-    if trainer.grades is not None:   # every GradES setting, not only those given: replays and reports need the rule
-        cfg.grades = trainer.grades.config.to_dict()
     if accelerator.is_main_process:
         run.write_json("components.json", trainer.registry.to_json(trainer.module))
-        (run.path / "config.yaml").write_text(cfg.to_yaml())
+        # every GradES setting, not only those given: a replay or report must see the rule the run used
+        resolved = dataclasses.replace(cfg, grades=trainer.grades.config.to_dict()) if trainer.grades else cfg
+        (run.path / "config.yaml").write_text(resolved.to_yaml())
         if cfg.report_to:
             accelerator.init_trackers(run.path.name, config={k: v for k, v in cfg.to_dict().items()
                                                             if isinstance(v, (int, float, str, bool))})
