@@ -219,6 +219,20 @@ def calibrate_official(layer: dict[str, Any], out: Path, val_samples_n: int, tol
             "run": record}
 
 
+def earlier_calibration(path: Path, layer: dict[str, Any]) -> dict[str, Any]:
+    """The official calibration recorded in an earlier results file for the same sizes as `layer`."""
+    try:
+        groups = json.loads(path.read_text())["groups"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--official-from {path}: not an end_to_end results file ({e})")
+    same = ("preset", "task", "steps", "batch_size", "max_samples")
+    for g in groups:
+        if g.get("official_calibration") and all(g["layer"].get(k) == layer.get(k) for k in same):
+            return g["official_calibration"]
+    raise SystemExit(f"--official-from {path}: no official calibration for {layer.get('preset')} / "
+                     f"{layer.get('task')} at these sizes ({', '.join(f'{k} {layer.get(k)}' for k in same[2:])})")
+
+
 # ------------------------------------------------------------------ aggregation and tables
 def aggregate(runs: list[dict[str, Any]], modes: list[str]) -> dict[str, dict[str, Any]]:
     by_mode = {m: {r["seed"]: r for r in runs if r["mode"] == m} for m in modes}
@@ -286,6 +300,9 @@ def main(argv=None) -> int:
                     help="validation samples scored by the official-threshold calibration run")
     ap.add_argument("--tolerance", type=float, default=TARGET_SCORE_DROP,
                     help="official calibration: score points below the last validation score allowed at the stop")
+    ap.add_argument("--official-from", metavar="JSON", default=None,
+                    help="official mode: take the thresholds calibrated by an earlier results file of the same "
+                         "preset, task, steps and batch instead of a new calibration run (to add seeds)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--out", default=None, help="folder for the run folders (default runs/bench-e2e-<time>)")
     ap.add_argument("--tag", default="", help="suffix of the results file names")
@@ -323,7 +340,12 @@ def main(argv=None) -> int:
             group: dict[str, Any] = {"preset": preset, "task": task, "seeds": seeds, "layer": layer, "runs": []}
             folder = out / f"{preset}-{task}"
             official_tau = None
-            if "official" in args.modes:
+            if "official" in args.modes and args.official_from:
+                cal = earlier_calibration(Path(args.official_from), layer)
+                official_tau = cal["tau"]
+                group["official_calibration"] = cal
+                print(f"[{preset} {task}] official thresholds from {args.official_from}: {official_tau}", flush=True)
+            elif "official" in args.modes:
                 t0 = time.perf_counter()
                 cal = calibrate_official(layer, folder / "official-calibration", args.calibration_val_samples,
                                          args.tolerance)

@@ -37,11 +37,20 @@ def test_end_to_end_minimal(tmp_path):
     assert group["aggregate"]["none"]["speedup_wall"] == pytest.approx(1.0)
     assert "| grades |" in (results / "end_to_end-smoke.md").read_text()
 
-    # a second process runs seed 1; --report merges both into one table over seeds 0 and 1
-    assert e2e.main(["--presets", "tiny", "--tasks", "easyvqa", "--modes", "none", "grades", "--seeds", "1",
-                     "--first-seed", "1", "--steps", "4", "--max-samples", "256", "--eval-max-samples", "16",
-                     "--batch-size", "8", "--threads", "0", "--out", str(tmp_path / "runs2"),
-                     "--results", str(results), "--tag", "smoke2"]) == 0
+    # a second process runs seed 1, official with the first one's thresholds (no calibration run);
+    # --report merges both into one table over seeds 0 and 1
+    second = ["--presets", "tiny", "--tasks", "easyvqa", "--modes", "none", "grades", "official", "--seeds", "1",
+              "--first-seed", "1", "--max-samples", "256", "--eval-max-samples", "16", "--batch-size", "8",
+              "--threads", "0", "--out", str(tmp_path / "runs2"), "--results", str(results), "--tag", "smoke2",
+              "--official-from", str(results / "end_to_end-smoke.json")]
+    with pytest.raises(SystemExit, match="no official calibration for tiny / easyvqa at these sizes"):
+        e2e.main(second + ["--steps", "5"])
+    assert e2e.main(second + ["--steps", "4"]) == 0
+    assert not (tmp_path / "runs2" / "tiny-easyvqa" / "official-calibration").exists()
+    first_tau = json.loads((results / "end_to_end-smoke.json").read_text())["groups"][0]["official_calibration"]["tau"]
+    official = json.loads((results / "end_to_end-smoke2.json").read_text())["groups"][0]
+    assert official["official_calibration"]["tau"] == first_tau
+    assert (tmp_path / "runs2" / "tiny-easyvqa" / "official-seed1" / "config.yaml").exists()
     merged = e2e.merge_results([results / "end_to_end-smoke.json", results / "end_to_end-smoke2.json"])
     group = merged["groups"][0]
     assert group["seeds"] == [0, 1] and "official_calibration" in group
