@@ -53,3 +53,15 @@ def test_baseline_flag_adds_the_run_first(pair, capsys):
 def test_compare_rejects_non_run_folder(pair, tmp_path, capsys):
     assert main(["compare", str(pair / "grades"), str(tmp_path)]) == 2
     assert "not a vlm-grades run folder" in capsys.readouterr().err
+
+
+def test_score_panel_keeps_close_scores_close():
+    from vlm_grades.report.compare import score_limits
+
+    lo, hi = score_limits([66.5, 66.8])                 # 0.3 points apart: not a full-height gap
+    assert hi - lo >= 10 and lo < 66.5 and hi > 66.8
+    lo, hi = score_limits([99.5, 99.9])                 # percentages stay inside 0-100
+    assert hi == 100 and hi - lo >= 10 and lo < 99.5
+    lo, hi = score_limits([20.0, 90.0])                 # a real gap keeps its scale
+    assert lo < 20 and 90 < hi <= 100 and hi - lo < 80
+    assert score_limits([]) is None

@@ -80,9 +80,26 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def score_limits(scores: list[float], min_span: float = 10.0) -> tuple[float, float] | None:
+    """Y range of the score panel: at least `min_span` points wide, so that runs a few tenths apart do not fill
+    the panel as if they were far apart; kept inside 0-100 when the scores are percentages."""
+    if not scores:
+        return None
+    lo, hi = min(scores), max(scores)
+    pad = max(0.0, (min_span - (hi - lo)) / 2) + 0.05 * max(hi - lo, min_span)
+    lo, hi = lo - pad, hi + pad
+    if 0 <= min(scores) and max(scores) <= 100:
+        if hi > 100:
+            lo, hi = max(0.0, lo - (hi - 100)), 100.0
+        if lo < 0:
+            lo, hi = 0.0, min(100.0, hi - lo)
+    return lo, hi
+
+
 def plot(runs: list[RunData]) -> bytes:
     with plt.rc_context(RC):
-        fig, (a_loss, a_score) = plt.subplots(1, 2, figsize=(12, 4.6))
+        fig, (a_loss, a_score) = plt.subplots(1, 2, figsize=(12, 4.6), sharex=True)   # one time axis
+        all_scores: list[float] = []
         for i, run in enumerate(runs):
             c = RUN_COLORS[i % len(RUN_COLORS)]
             pts = [(num(m.get("wall")), num(m.get("loss"))) for m in run.metrics]
@@ -101,9 +118,15 @@ def plot(runs: list[RunData]) -> bytes:
                 if ev:
                     a_score.plot([w for w, _ in ev], [s for _, s in ev], marker=marker, color=c, lw=1.6,
                                  ls="-" if j == 0 else "--", label=f"{run.name}: {task}")
+                    a_score.annotate(f"{ev[-1][1]:.2f}", ev[-1], textcoords="offset points", xytext=(0, 7),
+                                     ha="center", fontsize=9, color=c)
+                    all_scores += [s for _, s in ev]
         a_loss.set_xlabel("wall time (s)")
         a_loss.set_ylabel("training loss" + (" (smoothed)" if any(len(r.metrics) > 60 for r in runs) else ""))
         a_loss.set_title("Training loss vs. wall time", loc="left")
+        limits = score_limits([v for v in all_scores if math.isfinite(v)])
+        if limits:
+            a_score.set_ylim(*limits)
         a_score.set_xlabel("wall time (s)")
         a_score.set_ylabel("evaluation score")
         a_score.set_title("Evaluation score vs. wall time", loc="left")
