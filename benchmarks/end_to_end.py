@@ -340,20 +340,21 @@ def main(argv=None) -> int:
             group: dict[str, Any] = {"preset": preset, "task": task, "seeds": seeds, "layer": layer, "runs": []}
             folder = out / f"{preset}-{task}"
             official_tau = None
-            if "official" in args.modes and args.official_from:
-                cal = earlier_calibration(Path(args.official_from), layer)
+            if "official" in args.modes:
+                if args.official_from:
+                    cal = earlier_calibration(Path(args.official_from), layer)
+                    source = args.official_from
+                else:
+                    t0 = time.perf_counter()
+                    cal = calibrate_official(layer, folder / "official-calibration", args.calibration_val_samples,
+                                             args.tolerance)
+                    cal["seconds"] = time.perf_counter() - t0
+                    source = "validation"
                 official_tau = cal["tau"]
                 group["official_calibration"] = cal
-                print(f"[{preset} {task}] official thresholds from {args.official_from}: {official_tau}", flush=True)
-            elif "official" in args.modes:
-                t0 = time.perf_counter()
-                cal = calibrate_official(layer, folder / "official-calibration", args.calibration_val_samples,
-                                         args.tolerance)
-                cal["seconds"] = time.perf_counter() - t0
-                official_tau = cal["tau"]
-                group["official_calibration"] = cal
-                print(f"[{preset} {task}] official thresholds from validation: {official_tau} (target stop step "
-                      f"{cal['target_step']}, val scores {cal['val_scores']}, {cal['seconds']:.0f} s)", flush=True)
+                print(f"[{preset} {task}] official thresholds from {source}: {official_tau} (target stop step "
+                      f"{cal['target_step']}, val scores {cal['val_scores']}, calibration run {cal['seconds']:.0f} s)",
+                      flush=True)
             for i, seed in enumerate(seeds):
                 order = args.modes[i % len(args.modes):] + args.modes[:i % len(args.modes)]
                 for mode in order:
