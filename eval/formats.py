@@ -19,6 +19,7 @@ PRED_FIELDS = {
     "coco": ("image_id", "caption"),
     "easyvqa": ("question_id", "answer"),
     "easyvqa-caption": ("image_id", "caption"),
+    "scenes": ("question_id", "answer"),
 }
 
 

@@ -17,10 +17,10 @@ from typing import Any, Callable
 from eval import coco, easyvqa, formats, gqa, vqav2
 from vlm_grades.errors import UserError
 
-TASKS = ("vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption")
+TASKS = ("vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption", "scenes")
 HEADLINE = {"vqav2": "accuracy", "gqa": "accuracy", "coco": "CIDEr", "easyvqa": "accuracy",
-            "easyvqa-caption": "accuracy"}
-MAX_NEW_TOKENS = {"vqav2": 16, "gqa": 16, "coco": 64, "easyvqa": 8, "easyvqa-caption": 8}
+            "easyvqa-caption": "accuracy", "scenes": "accuracy"}
+MAX_NEW_TOKENS = {"vqav2": 16, "gqa": 16, "coco": 64, "easyvqa": 8, "easyvqa-caption": 8, "scenes": 16}
 
 
 def _check_task(task: str) -> None:
@@ -48,7 +48,7 @@ def score_predictions(task: str, predictions: dict[str, str], references: dict[s
         metrics, per_sample = vqav2.score(kept, refs, lenient=lenient)
     elif task == "gqa":
         metrics, per_sample = gqa.score(kept, refs, raw=raw)
-    elif task == "easyvqa":
+    elif task in ("easyvqa", "scenes"):   # scenes: the same exact match, per answer kind
         metrics, per_sample = easyvqa.score(kept, refs, raw=raw)
     elif task == "easyvqa-caption":
         metrics, per_sample = easyvqa.score_captions(kept, refs, raw=raw)
@@ -67,7 +67,8 @@ def references_from_samples(task: str, samples: list) -> dict[str, Any]:
             raise UserError(f"{task} samples: duplicate sample ids")
     if task == "easyvqa-caption":
         return easyvqa.caption_references_from_samples(samples)
-    return {"vqav2": vqav2, "gqa": gqa, "coco": coco, "easyvqa": easyvqa}[task].references_from_samples(samples)
+    return {"vqav2": vqav2, "gqa": gqa, "coco": coco, "easyvqa": easyvqa,
+            "scenes": easyvqa}[task].references_from_samples(samples)
 
 
 def sample_key(task: str, sample) -> str:
@@ -164,7 +165,7 @@ def _sample_record(task, sample, key, text, references, per_sample) -> dict[str,
             else [ref["caption"]] if task == "easyvqa-caption" else [ref["answer"]])
     record = {"id": sample.id, "prompt": sample.prompt, "prediction": text, "references": refs,
               "score": per_sample.get(key)}
-    if task in ("gqa", "easyvqa", "easyvqa-caption") and key in per_sample:
+    if task in ("gqa", "easyvqa", "easyvqa-caption", "scenes") and key in per_sample:
         record["correct"] = per_sample[key] == 1.0
     if task == "vqav2":
         record["correct"] = per_sample.get(key) == 1.0
@@ -195,7 +196,8 @@ def format_table(result: dict[str, Any]) -> str:
             add(f"binary ({m['n_binary']})", m["binary"])
             add(f"open ({m['n_open']})", m["open"])
         groups = {"vqav2": ["per_answer_type", "per_question_type"],
-                  "gqa": ["per_structural_type", "per_semantic_type"], "easyvqa": ["per_kind"]}[task]
+                  "gqa": ["per_structural_type", "per_semantic_type"], "easyvqa": ["per_kind"],
+                  "scenes": ["per_kind"]}[task]
         for g in groups:
             rows.append((g.replace("_", " "), ""))
             for k, v in m[g].items():

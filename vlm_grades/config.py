@@ -10,7 +10,7 @@ import yaml
 
 from vlm_grades.errors import UserError
 
-TASKS = ("easyvqa", "easyvqa-caption", "vqav2", "gqa", "coco")
+TASKS = ("easyvqa", "easyvqa-caption", "scenes", "vqav2", "gqa", "coco")
 DATA_TASKS = ("vqav2", "gqa", "coco")        # tasks that need --data (easy-VQA ships in its package)
 STOPPING = ("grades", "none", "classic")
 MODALITIES = ("vision", "projector", "language")

@@ -14,9 +14,10 @@ DEFAULT_PROMPTS = {
     "gqa": SHORT_ANSWER_PROMPT,
     "coco": CAPTION_PROMPT,
     "easyvqa": EASYVQA_PROMPT,
+    "scenes": EASYVQA_PROMPT,
 }
 
-QUESTION_TASKS = ("vqav2", "gqa", "easyvqa")
+QUESTION_TASKS = ("vqav2", "gqa", "easyvqa", "scenes")
 
 
 def resolve_template(task: str, template: str | None = None) -> str:

@@ -17,7 +17,7 @@ from vlm_grades.data.prompts import resolve_template
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
 
-TASKS = ("easyvqa", "easyvqa-caption", "vqav2", "gqa", "coco")
+TASKS = ("easyvqa", "easyvqa-caption", "scenes", "vqav2", "gqa", "coco")
 READERS = {"vqav2": vqav2, "gqa": gqa, "coco": coco}
 
 
@@ -39,6 +39,8 @@ def load_samples(task: str, source: str | None = None, split: str | None = "trai
         raise UserError(f"--max-samples: must be at least 1, not {max_samples}")
     if task.startswith("easyvqa"):
         return _easyvqa(task, split, max_samples, seed, shuffle, prompt, streaming)
+    if task == "scenes":
+        return _scenes(split, max_samples, seed, shuffle, prompt, streaming)
     if not source:
         raise UserError(f"--data: task {task!r} needs a data source (a folder, file or Hugging Face id), e.g. "
                         f"{READERS[task].HUB_ID}")
@@ -71,8 +73,20 @@ def _easyvqa(task, split, max_samples, seed, shuffle, prompt, streaming):
     kind = "caption" if task == "easyvqa-caption" else "vqa"
     template = resolve_template("easyvqa", prompt) if (prompt and kind == "vqa") else prompt
     samples = load_easyvqa(split, task=kind, max_samples=max_samples, seed=seed, shuffle=shuffle, prompt=template)
+    return _in_memory(samples, f"{task} {split}", streaming)
+
+
+def _scenes(split, max_samples, seed, shuffle, prompt, streaming):
+    from vlm_grades.data.scenes import load_scenes
+
+    template = resolve_template("scenes", prompt) if prompt else None
+    samples = load_scenes(split, max_samples=max_samples, seed=seed, shuffle=shuffle, prompt=template)
+    return _in_memory(samples, f"scenes {split}", streaming)
+
+
+def _in_memory(samples: list[Sample], name: str, streaming: bool):
     out = SampleList(samples)
-    out.summary = f"{task} {split}: {len(out):,} samples"
+    out.summary = f"{name}: {len(out):,} samples"
     if streaming:
         return SampleStream(list(out))
     return out

@@ -15,7 +15,7 @@ from typing import Any, Union
 from vlm_grades.errors import UserError
 
 MODALITIES = ("vision", "projector", "language")
-METRICS = ("grad_change", "grad", "weight_change")
+METRICS = ("grad_change", "grad", "weight_change", "grad_snr")
 NORMALIZATIONS = ("mean", "sum")
 PRESETS = ("default", "official")
 Tau = Union[float, str, None]          # a threshold, "auto", or None (modality not monitored)
@@ -29,6 +29,8 @@ OFFICIAL = dict(metric="weight_change", normalization="sum", smoothing=0.0, pati
 class GradESConfig:
     preset: str = "default"
     metric: str = "grad_change"             # grad_change (paper v3) | grad (paper v1) | weight_change (official)
+                                            # | grad_snr (ours: gradient consistency over snr_window checks)
+    snr_window: int = 100                   # grad_snr: the running mean of the gradient spans ~N checks
     normalization: str = "mean"             # mean per element | sum (official)
     tau: Any = "auto"                       # "auto", one float for all, or {modality: float | "auto" | None}
     rho: float = 0.4                        # auto: converged at rho x the component's end-of-grace level
@@ -88,6 +90,7 @@ class GradESConfig:
         need(any(v is not None for v in self.tau.values()), "tau: every modality is switched off (None)")
         need(_finite(self.rho) and 0 < self.rho < 1, f"rho: must be in (0, 1), got {self.rho}")
         need(isinstance(self.auto_window, int) and self.auto_window >= 1, "auto_window: must be an integer >= 1")
+        need(isinstance(self.snr_window, int) and self.snr_window >= 2, "snr_window: must be an integer >= 2")
         need(_finite(self.alpha) and self.alpha >= 0, f"alpha: must be a fraction in [0, 1) or a step >= 1, "
                                                       f"got {self.alpha}")
         need(self.alpha < 1 or float(self.alpha).is_integer(),

@@ -154,9 +154,10 @@ class GradES:
         cfg = self.config
         if self.should_stop or not self.bank.entries or cfg.metric == "weight_change":
             return
-        if cfg.metric == "grad":
+        if cfg.metric in ("grad", "grad_snr"):
             if step % cfg.interval == 0:
-                self._pending = (step, self.bank.magnitude("grad"))
+                self._pending = (step, self.bank.magnitude("grad") if cfg.metric == "grad"
+                                 else self.bank.snr(1.0 - 1.0 / cfg.snr_window))
             return
         if step % cfg.interval == 0 and self._snap_step == step - 1 and self.bank.has_prev():
             self._pending = (step, self.bank.change("grad"))   # also stores g(step) as the previous
@@ -324,7 +325,8 @@ class GradES:
             raise UserError(f"GradES state: monitored components differ from this model's "
                             f"(e.g. {(unknown or state.get('components', ['?']))[0]}); was it saved with "
                             f"another model or another tau setting?")
-        for key in ("metric", "normalization", "interval"):
+        keys = ("metric", "normalization", "interval") + (("snr_window",) if self.config.metric == "grad_snr" else ())
+        for key in keys:
             if state["config"].get(key) != getattr(self.config, key):
                 raise UserError(f"GradES state: saved with {key}={state['config'].get(key)!r}, "
                                 f"configured {getattr(self.config, key)!r}")

@@ -6,12 +6,21 @@
 
 summed over a component's parameters (weight and bias, or LoRA A and B), then "sum" or "mean" per element.
 
+  grad_snr       || m(t) ||^2 / (q(t) * floor(t))   (ours; the running mean m of the gradient is kept)
+
+m is an exponential average (beta) of the gradient, q one of its squared L2 norm, both bias-corrected;
+floor(t) is what || m ||^2 / q is for gradients of pure zero-mean noise after t checks, so the statistic is
+about 1 once a matrix only sees noise and grows with the part of its gradient that keeps one direction over
+about 1 / (1 - beta) checks. A ratio of two norms of the same entries: the same value for a matrix scaled by
+any factor, and under any learning rate that leaves the gradients' direction statistics alike.
+
 Storage of the previous tensor is exact (a copy) or a sketch: a fixed, seeded random subset of k entries of
 the matrix. The sketch's L1 sum over the k entries, scaled by numel/k, is an unbiased estimate of the full sum;
 its memory is k values plus k int32 indices instead of a full copy.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +87,8 @@ class StatBank:
         self.entries = entries
         self.n_components = n_components
         self.normalization = normalization
+        self.snr_q: list[float] = [0.0] * n_components   # grad_snr: running mean of || g ||^2 per component
+        self.snr_count: list[int] = [0] * n_components   # grad_snr: finite checks averaged per component
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -154,6 +165,44 @@ class StatBank:
         exact, sampled = self._current(source)
         return self._reduce(torch._foreach_norm(exact + sampled, 1, dtype=torch.float32))
 
+    @torch.no_grad()
+    def snr(self, beta: float) -> list[float]:
+        """grad_snr per component (module docstring): the running mean of the gradient becomes
+        beta * m + (1 - beta) * g. A component with a non-finite gradient entry is not updated and gets NaN."""
+        exact, sampled = self._current("grad")
+        cur = exact + sampled
+        if any(e.prev is None for e in self.order):
+            for e, t in zip(self.order, cur):
+                if e.prev is None:
+                    e.prev = torch.zeros_like(t)
+        sq = self._per_component(torch._foreach_norm(cur, 2, dtype=torch.float32), square=True)
+        bad = {i for i, v in enumerate(sq) if not math.isfinite(v)}
+        keep = [j for j, e in enumerate(self.order) if e.comp not in bad]
+        means = [self.order[j].prev for j in keep]
+        if means:
+            torch._foreach_lerp_(means, [cur[j] for j in keep], 1.0 - beta)   # m <- m + (1 - beta)(g - m)
+        msq = self._per_component(torch._foreach_norm([e.prev for e in self.order], 2, dtype=torch.float32),
+                                  square=True)
+        out = [float("nan")] * self.n_components
+        for i in {e.comp for e in self.order}:
+            if i in bad:
+                continue
+            self.snr_q[i] = beta * self.snr_q[i] + (1 - beta) * sq[i]
+            self.snr_count[i] += 1
+            n, q = self.snr_count[i], self.snr_q[i]
+            # bias-corrected ||m||^2 / (q * floor) with floor = (1 - b)(1 + b^n) / ((1 + b)(1 - b^n))
+            out[i] = msq[i] * (1 + beta) / (q * (1 - beta) * (1 + beta ** n)) if q > 0 else 0.0
+        return out
+
+    def _per_component(self, norms, square: bool = False) -> list[float]:
+        """Per-entry L2 norms -> per-component sums of squares (sketches scaled up to the whole matrix)."""
+        if self._multi_device:
+            norms = [n.to(self.device) for n in norms]
+        per_param = torch.stack(list(norms)) ** 2 * self._scale
+        sums = torch.zeros(self.n_components, dtype=torch.float32, device=self.device)
+        sums.index_add_(0, self._comp, per_param)
+        return sums.tolist()
+
     def _reduce(self, norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[float]:
         if not norms:
             return [float("nan")] * self.n_components
@@ -169,10 +218,13 @@ class StatBank:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"prev": {e.key: e.prev.detach().cpu().clone() for e in self.entries if e.prev is not None},
-                "index": {e.key: e.index.cpu().clone() for e in self.entries if e.index is not None}}
+                "index": {e.key: e.index.cpu().clone() for e in self.entries if e.index is not None},
+                "snr_q": list(self.snr_q), "snr_count": list(self.snr_count)}
 
     def load_state_dict(self, state: dict) -> None:
         prev, index = state.get("prev", {}), state.get("index", {})
+        self.snr_q = list(state.get("snr_q", self.snr_q))
+        self.snr_count = list(state.get("snr_count", self.snr_count))
         for e in self.entries:
             if e.key in index:
                 e.index = index[e.key].to(device=e.param.device, dtype=torch.int32)
