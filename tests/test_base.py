@@ -54,7 +54,7 @@ def test_scenes_splits_are_fixed_and_disjoint():
     assert [s.targets for s in a] == [s.targets for s in b]
     assert list(a[0].image.getdata()) == list(b[0].image.getdata())
     train = load_scenes("train", pictures=50)
-    train_pixels = {bytes(s.image.tobytes()) for s in train if s.id.endswith("-0")}
+    train_pixels = {bytes(s.image.tobytes()) for s in train if s.id.endswith("-c0")}
     assert not any(bytes(s.image.tobytes()) in train_pixels for s in load_scenes("test", pictures=50))
 
 

@@ -227,7 +227,7 @@ MODEL_TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {}
 # a fine-tuning schedule, not a pretraining one. The caption task keeps its from-scratch recipe (the base
 # already captions shapes; the caption benchmark measures GradES on a task learned from random weights).
 BASE_TASKS = ("easyvqa",)
-FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 600, "lr_vision": 3e-4, "lr_projector": 3e-4, "lr_language": 3e-4}
+FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "lr_vision": 3e-4, "lr_projector": 3e-4, "lr_language": 3e-4}
 # --from-scratch on easy-VQA questions: the pretraining recipe of earlier releases. A from-scratch nanoVLM
 # learns shapes through the language model far faster when half of its samples are the images' derived
 # captions ("a red triangle"): the caption names the shape of every image, while only one easy-VQA question

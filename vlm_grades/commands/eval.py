@@ -10,8 +10,9 @@ from vlm_grades.errors import UserError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="generate answers with a model and score them", description=__doc__)
-    p.add_argument("--task", required=True, choices=["vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption"],
-                   help="benchmark (easyvqa-caption: exact-match and colour/shape accuracy of the captions)")
+    p.add_argument("--task", required=True, choices=["vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption", "scenes"],
+                   help="benchmark (easyvqa-caption: exact-match and colour/shape accuracy of the captions; "
+                        "scenes: the shipped base's stage-1 corpus)")
     p.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT",
                    help="a run folder (its final/ model) or a model checkpoint folder")
     p.add_argument("--data", metavar="SOURCE",
@@ -48,7 +49,7 @@ def run(args) -> int:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, not {value}")
     if args.num_workers < 0:
         raise UserError(f"--num-workers: must be 0 or more, not {args.num_workers}")
-    easy = args.task.startswith("easyvqa")
+    easy = args.task.startswith("easyvqa") or args.task == "scenes"   # generated or packaged: no --data
     if not easy and not args.data:
         raise UserError(f"--data: task {args.task} needs a data source (folder, file or Hugging Face id)")
     split = args.split or ("test" if easy else "validation")

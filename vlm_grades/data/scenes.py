@@ -32,6 +32,9 @@ NUMBERS = ("one", "two", "three")
 SPLITS = {"train": (6000, 1), "val": (300, 2), "test": (1000, 3)}   # pictures, seed stream
 SIZE = 64
 QUESTIONS_PER_PICTURE = 8
+# each picture's caption is repeated so captions are a third of the samples: a from-scratch vision encoder
+# learns shapes far faster from captions (they name every object) than from questions (one in five asks)
+CAPTIONS_PER_PICTURE = 4
 
 # question templates: (template, kind); <C> a colour, <S> a shape
 COLOR_YESNO = ("is there a <C> shape?", "is a <C> shape present?", "does the image contain a <C> shape?",
@@ -93,8 +96,8 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int],
 
 
 def draw_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """One picture and its objects [(colour, shape)]: one object (65%), two or three in separate cells."""
-    n = rng.choices((1, 2, 3), weights=(65, 25, 10))[0]
+    """One picture and its objects [(colour, shape)]: one object (80%), two or three in separate cells."""
+    n = rng.choices((1, 2, 3), weights=(80, 15, 5))[0]
     objects: list[tuple[str, str]] = []
     while len(objects) < n:   # distinct colours and distinct shapes, so every question has one answer
         color, shape = rng.choice(COLORS), rng.choice(SHAPES)
@@ -160,8 +163,9 @@ def caption(objects: list[tuple[str, str]]) -> str:
 
 def load_scenes(split: str = "train", max_samples: int | None = None, seed: int = 0, shuffle: bool = False,
                 prompt: str | None = None, pictures: int | None = None) -> list[Sample]:
-    """Questions and captions of a split's pictures, in picture order (ids "<split>-<picture>-<n>",
-    n = 0 the caption). `seed` only shuffles; the pictures are fixed by the split."""
+    """Questions and captions of a split's pictures, in picture order (ids "<split>-<picture>-<n>" for the
+    n-th question, "<split>-<picture>-c<n>" for the captions: CAPTIONS_PER_PICTURE copies in train, one in the
+    held-out splits). `seed` only shuffles; the pictures are fixed by the split."""
     if split not in SPLITS:
         raise UserError(f"--split: scenes has splits {', '.join(SPLITS)}, not {split!r}")
     count, stream = SPLITS[split]
@@ -171,8 +175,9 @@ def load_scenes(split: str = "train", max_samples: int | None = None, seed: int 
         rng = random.Random(stream * 1_000_003 + i)
         img, objects = draw_scene(rng)
         image_id = f"{split}-{i}"
-        samples.append(Sample(id=f"{image_id}-0", image=img, prompt=CAPTION_PROMPT, targets=[caption(objects)],
-                              task="scenes", meta={"image_id": image_id, "answer_kind": "caption"}))
+        samples += [Sample(id=f"{image_id}-c{n}", image=img, prompt=CAPTION_PROMPT, targets=[caption(objects)],
+                           task="scenes", meta={"image_id": image_id, "answer_kind": "caption"})
+                    for n in range(CAPTIONS_PER_PICTURE if split == "train" else 1)]
         for n, (q, a, kind) in enumerate(scene_questions(objects, rng, QUESTIONS_PER_PICTURE), start=1):
             samples.append(Sample(id=f"{image_id}-{n}", image=img, prompt=template.replace("{question}", q),
                                   targets=[a], task="scenes",
