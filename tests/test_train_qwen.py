@@ -94,8 +94,9 @@ def _checkpoint_model(run: RunFolder) -> dict[str, torch.Tensor]:
 
 def test_lora_trains_only_adapter_weights(qwen, data, tmp_path):
     task, source, split = data["gqa-official"]
+    # --freeze projector: adapters only (a --lora run trains the projector fully beside them by default)
     run = train(qwen, tmp_path / "run", task, source, split, "--steps", "8", "--stopping", "none", "--lora",
-                "--lora-targets", "both", "--checkpoint-every", "7")
+                "--lora-targets", "both", "--freeze", "projector", "--checkpoint-every", "7")
     values = losses(run)
     assert all(math.isfinite(v) for v in values) and values[-1] < values[0]
     assert (run.final / "adapter_model.safetensors").exists() and not (run.final / "model.safetensors").exists()
