@@ -1,6 +1,7 @@
 """The run folder: the contract between `train`, `report` and `eval` (layout in docs/RUN_FOLDER.md)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -57,7 +58,8 @@ def check_can_create(path: Path, flag: str = "--out") -> None:
                         f"({e.strerror or e}{f': {e.filename}' if e.filename else ''})") from None
     finally:
         for folder in reversed(created):
-            folder.rmdir()
+            with contextlib.suppress(OSError):   # another process may have started writing there meanwhile
+                folder.rmdir()
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
