@@ -139,6 +139,24 @@ def test_lora_on_language_only_leaves_vision_unmonitored():
     assert len(reg.untrainable) == 10 + 2 + 10
 
 
+def test_lora_with_a_fully_trained_projector_monitors_its_trained_copy():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_qwen(), LoraConfig(r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                                                   modules_to_save=["merger"]))
+    reg = build_registry(model)
+    assert [len(reg.by_modality()[m]) for m in MODALITIES] == [0, 2, 4]
+    copy = model.base_model.model.model.visual.merger.modules_to_save["default"]
+    for index in (0, 2):
+        c = reg.get(f"model.visual.merger.mlp.{index}")
+        assert c.kind == "proj" and not c.lora and c.module is copy.mlp[index]
+        assert [n for n, _ in c.params] == ["weight", "bias"] and all(p.requires_grad for _, p in c.params)
+    assert not any("original_module" in n or "modules_to_save" in n for n in reg.untrainable)
+    projector = {n for n, _ in reg.modality_parameters(model)["projector"]}
+    assert "model.visual.merger.modules_to_save.default.ln_q.weight" in projector       # finalized with it
+    assert "model.visual.merger.original_module.mlp.0.weight" in projector
+
+
 def test_generic_fallback_matches_qwen_and_llava():
     reg = build_registry(tiny_qwen(), "generic")
     assert [len(reg.by_modality()[m]) for m in MODALITIES] == [10, 2, 14]

@@ -65,6 +65,21 @@ def test_hf_parquet_split_not_present(tmp_path):
         load_samples("vqav2", d["source"], split="train")
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_folder_mixing_data_sets_names_the_files_and_their_columns(tmp_path, streaming):
+    write_hf_vqav2(tmp_path, fmt="parquet", split="validation")   # data/validation-00000-of-00001.parquet
+    write_hf_coco(tmp_path, fmt="parquet", split="val")            # data/val-00000-of-00001.parquet
+    with pytest.raises(UserError) as e:
+        list(load_samples("vqav2", str(tmp_path), split="validation", streaming=streaming))
+    message = str(e.value)
+    assert "\n" not in message
+    for name in ("data/validation-00000-of-00001.parquet", "data/val-00000-of-00001.parquet",
+                 "multiple_choice_answer", "answer_type", "file_name", "coco_url"):
+        assert name in message, message
+    assert "question_id (int64 vs string)" in message                    # the same name, another type
+    assert "image," not in message and "question," not in message       # the same in both
+
+
 class _Hub:
     """Stands in for datasets.load_dataset: records the calls, serves local data sets."""
 

@@ -156,7 +156,7 @@ def test_static_freeze_of_modalities(ckpt):
 def test_lora_trains_only_adapter_weights(ckpt):
     torch.manual_seed(0)
     a = Qwen25VLAdapter.load(str(ckpt), lora=LoraSettings(rank=4, alpha=8, dropout=0.0,
-                                                          targets=("language", "vision")))
+                                                          targets=("language", "vision"), train_fully=()))
     trainable = [n for n, p in a.model.named_parameters() if p.requires_grad]
     assert trainable and all(is_lora_parameter(n) for n in trainable)
     assert any(".visual.blocks." in n for n in trainable) and any(".language_model." in n for n in trainable)
@@ -178,6 +178,34 @@ def test_lora_trains_only_adapter_weights(ckpt):
         assert torch.equal(p, before[n]), f"base weight {n} changed"
     changed = [n for n in trainable if not torch.equal(after[n], before[n])]
     assert len(changed) == len(trainable)
+
+
+def test_lora_trains_the_projector_fully_by_default_and_saves_it(ckpt, tmp_path):
+    torch.manual_seed(0)
+    a = Qwen25VLAdapter.load(str(ckpt), lora=LoraSettings(rank=4, alpha=8, dropout=0.0))
+    trainable = [n for n, p in a.model.named_parameters() if p.requires_grad]
+    full = [n for n in trainable if not is_lora_parameter(n)]
+    assert full and all(".visual.merger.modules_to_save." in n for n in full)
+    assert any(n.endswith("mlp.0.weight") for n in full) and any(n.endswith("ln_q.weight") for n in full)
+    assert all(".language_model." in n for n in trainable if is_lora_parameter(n))
+    b = train_batch(a)
+    opt = torch.optim.AdamW([p for p in a.model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        a.loss(b).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    a.model.eval()
+    a.save(str(tmp_path / "lora"))
+    loaded = load_qwen_for_eval(str(tmp_path / "lora"))
+    assert loaded.lora == a.lora and loaded.lora.train_fully == ("projector",)
+    assert torch.equal(logits(a, b), logits(loaded, b))            # the trained projector came back too
+    trained = a.hf_model().model.visual.merger.modules_to_save["default"].mlp[0].weight
+    assert not torch.equal(trained, a.hf_model().model.visual.merger.original_module.mlp[0].weight)
+    # projector adapters instead: no full copy
+    c = Qwen25VLAdapter.load(str(ckpt), lora=LoraSettings(rank=2, targets="all"))
+    assert c.lora.train_fully == ()
+    assert all(is_lora_parameter(n) for n, p in c.model.named_parameters() if p.requires_grad)
+    assert any(".merger.mlp.0.lora_A." in n for n, p in c.model.named_parameters() if p.requires_grad)
 
 
 def test_lora_settings_validation():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures_data import not_an_image, write_vqav2
+from fixtures_data import not_an_image, write_hf_coco, write_hf_vqav2, write_vqav2
 from vlm_grades.cli import main
 from vlm_grades.run_folder import RunFolder
 
@@ -50,6 +50,11 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     p["vqa"] = Path(vqa["source"])
     bad = write_vqav2(root / "vqa-bad", split="val", image_ids=(9, 25, 42, 77))
     p["vqa_bad"], p["not_an_image"] = Path(bad["source"]), not_an_image(bad["images"][25])
+    p["mixed"] = root / "mixed"          # VQAv2 and COCO parquet files in one folder
+    write_hf_vqav2(p["mixed"], fmt="parquet", split="validation")
+    write_hf_coco(p["mixed"], fmt="parquet", split="val")
+    p["a_file"] = root / "a-file"
+    p["a_file"].write_text("not a folder")
 
     # a real nanoVLM checkpoint, then copies of it that do not match
     run = root / "nano-run"
@@ -84,6 +89,11 @@ BAD = {
     "data-without-vqav2": ([*VQA, "--data", "{empty}"], "empty-model"),
     "not-an-image-strict": ([*VQA, "--data", "{vqa_bad}", "--strict"], "{not_an_image}"),
     "eval-split-missing": ([*VQA, "--data", "{vqa}", "--eval-split", "nope"], "nope"),
+    "eval-split-unknown": (["--max-samples", "16", "--eval-split", "bogus"], "--eval-split"),
+    "val-split-unknown": (["--max-samples", "16", "--stopping", "classic", "--val-split", "bogus"],
+                          "--val-split"),
+    "data-mixing-data-sets": (["--task", "vqav2", "--split", "validation", "--data", "{mixed}"],
+                              "multiple_choice_answer"),
     "eval-data-missing": ([*VQA, "--data", "{vqa}", "--eval-split", "val", "--eval-data", "{root}/gone"], "gone"),
     "nanovlm-path-missing": (["--model-path", "{root}/no-model"], "no-model"),
     "nanovlm-path-empty": (["--model-path", "{empty}"], "empty-model"),
@@ -103,13 +113,71 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_exit_2_and_no_run_folder(inputs, case, tmp_path, capsys):
-    argv, culprit = BAD[case]
+    assert_rejected(inputs, *BAD[case], tmp_path / "run", capsys)
+
+
+# every setting is checked before any data is read: the missing data set would otherwise be the error
+NO_DATA = ["--task", "vqav2", "--split", "val", "--data", "{root}/no-such-data"]
+QWEN_LORA = ["--model", "qwen2.5-vl", "--model-path", "{empty}", "--lora"]
+SETTINGS = {
+    "lr-negative": (["--lr", "-1"], "--lr:"),
+    "lr-nan": (["--lr", "nan"], "--lr:"),
+    "lr-vision-zero": (["--lr-vision", "0"], "--lr-vision"),
+    "lr-projector-inf": (["--lr-projector", "inf"], "--lr-projector"),
+    "lr-language-negative": (["--lr-language=-1e-3"], "--lr-language"),
+    "weight-decay-negative": (["--weight-decay", "-0.1"], "--weight-decay"),
+    "weight-decay-nan": (["--weight-decay", "nan"], "--weight-decay"),
+    "warmup-negative": (["--warmup", "-1"], "--warmup"),
+    "warmup-not-a-step": (["--warmup", "2.5"], "--warmup"),
+    "clip-negative": (["--clip", "-1"], "--clip"),
+    "clip-nan": (["--clip", "nan"], "--clip"),
+    "eval-batch-size-zero": (["--eval-batch-size", "0"], "--eval-batch-size"),
+    "max-new-tokens-zero": (["--max-new-tokens", "0"], "--max-new-tokens"),
+    "num-workers-negative": (["--num-workers", "-1"], "--num-workers"),
+    "val-max-samples-zero": (["--val-max-samples", "0"], "--val-max-samples"),
+    "eval-max-samples-zero": (["--eval-max-samples", "0"], "--eval-max-samples"),
+    "keep-checkpoints-negative": (["--keep-checkpoints", "-1"], "--keep-checkpoints"),
+    "classic-every-zero": (["--classic-every", "0"], "--classic-every"),
+    "seed-negative": (["--seed", "-1"], "--seed"),
+    "report-to-unknown": (["--report-to", "bogus"], "--report-to"),
+    "freeze-everything": (["--freeze", "vision,projector,language"], "--freeze"),
+    "grades-alpha-not-a-step": (["--alpha", "1.5"], "alpha"),
+    "lora-on-nanovlm": (["--lora"], "--lora"),
+    "lora-rank-zero": ([*QWEN_LORA, "--lora-rank", "0"], "--lora-rank"),
+    "lora-targets-unknown": ([*QWEN_LORA, "--lora-targets", "audio"], "--lora-targets"),
+    "lora-nothing-to-train": ([*QWEN_LORA, "--freeze", "language,projector"], "--freeze"),
+    "pixels-min-above-max": ([*QWEN_LORA, "--min-pixels", "1000", "--max-pixels", "10"], "--min-pixels"),
+}
+
+
+@pytest.mark.parametrize("case", list(SETTINGS))
+def test_bad_setting_is_named_before_any_data_is_read(inputs, case, tmp_path, capsys):
+    argv, culprit = SETTINGS[case]
+    assert_rejected(inputs, [*argv, *NO_DATA], culprit, tmp_path / "run", capsys)
+
+
+OUTS = {   # --out that cannot be a run folder
+    "a-file": "{a_file}",
+    "below-a-file": "{a_file}/run",
+    "under-proc": "/proc/vlm-grades-test/run",
+    "under-sys": "/sys/vlm-grades-test",
+}
+
+
+@pytest.mark.parametrize("case", list(OUTS))
+def test_out_that_cannot_be_written_is_named_before_any_data_is_read(inputs, case, tmp_path, capsys):
+    out = Path(OUTS[case].format(**{k: str(v) for k, v in inputs.items()}))
+    assert_rejected(inputs, NO_DATA, f"--out {out}", out, capsys, existed=out.exists())
+    assert inputs["a_file"].read_text() == "not a folder"
+
+
+def assert_rejected(inputs, argv, culprit, out: Path, capsys, existed: bool = False) -> None:
+    """`vlm-grades train ARGV --out OUT` exits 2 with one error line containing CULPRIT and leaves no run folder."""
     names = {k: str(v) for k, v in inputs.items()}
     argv = [a.format(**names) for a in argv]
-    out = tmp_path / "run"
     capsys.readouterr()
     try:
-        status = train(*argv, "--out", str(out), *([] if "--steps" in argv else ["--steps", "2"]))
+        status = train("--steps", "2", "--alpha", "1", *argv, "--out", str(out))   # argv's own flags win
     except SystemExit as e:   # argparse's own errors
         status = e.code
     err = capsys.readouterr().err
@@ -118,7 +186,7 @@ def test_bad_input_is_one_line_exit_2_and_no_run_folder(inputs, case, tmp_path, 
     assert len(lines) == 1, err
     assert lines[0].startswith("vlm-grades train: error: ")
     assert culprit.format(**names) in lines[0], lines[0]
-    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    assert existed or not out.exists(), sorted(p.name for p in out.iterdir())
 
 
 def test_short_default_run_lowers_the_loss_and_writes_the_run_folder(tmp_path, capsys):

@@ -94,8 +94,9 @@ def _checkpoint_model(run: RunFolder) -> dict[str, torch.Tensor]:
 
 def test_lora_trains_only_adapter_weights(qwen, data, tmp_path):
     task, source, split = data["gqa-official"]
+    # --freeze projector: adapters only (a --lora run trains the projector fully beside them by default)
     run = train(qwen, tmp_path / "run", task, source, split, "--steps", "8", "--stopping", "none", "--lora",
-                "--lora-targets", "both", "--checkpoint-every", "7")
+                "--lora-targets", "both", "--freeze", "projector", "--checkpoint-every", "7")
     values = losses(run)
     assert all(math.isfinite(v) for v in values) and values[-1] < values[0]
     assert (run.final / "adapter_model.safetensors").exists() and not (run.final / "model.safetensors").exists()
@@ -125,6 +126,31 @@ def test_lora_trains_only_adapter_weights(qwen, data, tmp_path):
                  "--batch-size", "4", "--max-new-tokens", "3", "--no-progress"]) == 0
     predictions = json.loads((run.path / "eval" / "gqa_predictions.json").read_text())
     assert len(predictions) == 6 and all("prediction" in p for p in predictions)   # the whole split
+
+
+@pytest.mark.parametrize("targets", ["language", "all"])
+def test_lora_runs_train_and_monitor_the_projector(qwen, data, tmp_path, targets):
+    """--lora trains the projector fully beside the adapters (--lora-targets projector/all: adapters on it
+    instead); either way it is monitored as the projector modality and GradES can freeze it."""
+    task, source, split = data["vqav2-official"]
+    run = train(qwen, tmp_path / "run", task, source, split, "--steps", "6", "--lora", "--lora-targets", targets,
+                "--tau-projector", "1e9", "--alpha", "3", "--patience", "1")
+    projector = [c for c in run.read_json("components.json")["components"] if c["modality"] == "projector"]
+    assert [c["name"] for c in projector] == ["model.visual.merger.mlp.0", "model.visual.merger.mlp.2"]
+    assert all(c["name"] in run.read("convergence")[-1]["values"] for c in projector)
+    frozen = {e["component"] for e in events(run, "freeze") if e["modality"] == "projector"}
+    assert frozen == {c["name"] for c in projector}
+
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run.final / "adapter_model.safetensors"))
+    merger = {k: v for k, v in saved.items() if ".merger." in k}
+    if targets == "all":
+        assert merger and all("lora_" in k for k in merger)
+    else:
+        (key,) = [k for k in merger if k.endswith("merger.mlp.0.weight")]
+        assert not any("lora_" in k for k in merger)
+        assert not torch.equal(merger[key], initial_state(qwen)["model.visual.merger.mlp.0.weight"])
 
 
 def test_grades_freezes_all_three_modalities_and_eval_reads_the_run(qwen, data, tmp_path):

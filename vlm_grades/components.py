@@ -183,17 +183,32 @@ def _is_lora_layer(m: nn.Module) -> bool:
     return hasattr(m, "lora_A") and hasattr(m, "lora_B") and hasattr(m, "base_layer")
 
 
+def _is_trained_copy(m: nn.Module) -> bool:
+    """PEFT's modules_to_save wrapper: a module trained fully beside LoRA adapters (the projector, by
+    default), as a trained copy in `modules_to_save.<adapter>` next to the frozen `original_module`."""
+    return hasattr(m, "modules_to_save") and hasattr(m, "original_module")
+
+
 def _matrix_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(stripped name, module) of every nn.Linear and every LoRA-wrapped Linear; LoRA internals skipped."""
-    out, lora_prefixes = [], []
+    """(stripped name, module) of every nn.Linear and every LoRA-wrapped Linear; LoRA internals skipped.
+    Inside a modules_to_save wrapper only the active trained copy counts, under the original's name."""
+    out, skipped, renamed = [], [], []
     for name, m in model.named_modules():
-        if any(name.startswith(p) for p in lora_prefixes):
+        raw = name + "."
+        if any(raw.startswith(p) for p in skipped):
             continue
-        if _is_lora_layer(m):
-            lora_prefixes.append(name + ".")
-            out.append((strip_wrappers(name), m))
+        shown = next((original + raw[len(copy):] for copy, original in renamed if raw.startswith(copy)), raw)
+        key = strip_wrappers(shown[:-1])
+        if _is_trained_copy(m):
+            active = (getattr(m, "active_adapters", None) or list(m.modules_to_save))[0]
+            skipped += [raw + "original_module."] + [f"{raw}modules_to_save.{a}." for a in m.modules_to_save
+                                                     if a != active]
+            renamed.append((f"{raw}modules_to_save.{active}.", shown))
+        elif _is_lora_layer(m):
+            skipped.append(raw)
+            out.append((key, m))
         elif isinstance(m, nn.Linear):
-            out.append((strip_wrappers(name), m))
+            out.append((key, m))
     return out
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ class TrainConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_targets: str = "language"         # language | vision | both
+    lora_targets: str = "language"         # language | vision | projector | both | all (comma lists too)
     freeze: list[str] = field(default_factory=list)   # modalities frozen for the whole run
     min_pixels: int | None = None          # qwen2.5-vl image resizing bounds
     max_pixels: int | None = None
@@ -125,23 +126,26 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
+        """Every setting, before any data is read or model built: one line naming the flag."""
         if self.model not in ("nanovlm", "qwen2.5-vl"):
             raise UserError(f"--model: expected nanovlm or qwen2.5-vl, got {self.model!r}")
         if self.model == "qwen2.5-vl" and not self.model_path:
             raise UserError("--model-path: qwen2.5-vl needs a checkpoint folder or hub id")
+        if self.from_scratch and (self.model != "nanovlm" or self.model_path):
+            raise UserError("--from-scratch: only for --model nanovlm without --model-path")
         if self.task not in TASKS:
             raise UserError(f"--task: expected one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task in DATA_TASKS and not self.data:
             raise UserError(f"--data: task {self.task} needs a data folder, file or hub id")
         if self.stopping not in STOPPING:
             raise UserError(f"--stopping: expected one of {', '.join(STOPPING)}, got {self.stopping!r}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        self._check_numbers()
         if self.model == "nanovlm" and self.preset not in NANOVLM_PRESETS:
             raise UserError(f"--preset: expected one of {', '.join(NANOVLM_PRESETS)}, got {self.preset!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise UserError(f"--mixed-precision: expected no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16":
+            raise UserError("--mixed-precision fp16: not supported (needs loss scaling); use bf16")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise UserError(f"--mixed-precision: expected no or bf16, got {self.mixed_precision!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise UserError(f"--schedule: expected cosine, linear or constant, got {self.schedule!r}")
         if not 0.0 <= self.mix_fraction < 1.0:
@@ -151,15 +155,75 @@ class TrainConfig:
                 raise UserError(f"--mix-task: expected one of {', '.join(TASKS)}, got {self.mix_task!r}")
             if self.mix_task in DATA_TASKS and not (self.mix_data or self.data):
                 raise UserError(f"--mix-data: mixed task {self.mix_task} needs a data folder, file or hub id")
+        self._check_trainable()
+        self._check_trackers()
+        if self.stopping == "grades":
+            from vlm_grades.grades.config import GradESConfig
+
+            GradESConfig.from_dict(self.grades).validate(self.steps)
+        if self.lr is not None:
+            self.lr_vision = self.lr_projector = self.lr_language = self.lr
+
+    def _check_numbers(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise UserError(f"{_flag(name)}: must be {what}, got {getattr(self, name)}")
+
+        for name in _AT_LEAST_ONE:
+            need(getattr(self, name) >= 1, name, "at least 1")
+        for name in _AT_LEAST_ONE_OR_ALL:
+            need(getattr(self, name) is None or getattr(self, name) >= 1, name, "at least 1 (or unset for all)")
+        for name in ("num_workers", "keep_checkpoints"):
+            need(getattr(self, name) >= 0, name, "0 or more")
+        for name in ("lr", "lr_vision", "lr_projector", "lr_language"):
+            value = getattr(self, name)
+            need(value is None or (math.isfinite(value) and value > 0), name, "a finite number > 0")
+        for name in ("weight_decay", "warmup", "clip", "classic_min_delta"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite number >= 0")
+        need(self.warmup < 1 or float(self.warmup).is_integer(), "warmup",
+             "a fraction of the steps (< 1) or a whole number of steps")
+        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
+        need(0 <= self.seed < 2 ** 32, "seed", "in [0, 2**32)")
+        for name in ("min_pixels", "max_pixels"):
+            need(getattr(self, name) is None or getattr(self, name) >= 1, name, "at least 1")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise UserError(f"--min-pixels {self.min_pixels}: above --max-pixels {self.max_pixels}")
+
+    def _check_trainable(self) -> None:
+        """--freeze names known modalities and leaves something to train (LoRA: adapters or a fully trained
+        modality); --lora settings are valid for the model."""
         bad = [m for m in self.freeze if m not in MODALITIES]
         if bad:
             raise UserError(f"--freeze: unknown modality {bad[0]!r} (vision, projector, language)")
-        if self.lora_targets not in ("language", "vision", "both"):
-            raise UserError(f"--lora-targets: expected language, vision or both, got {self.lora_targets!r}")
-        if self.from_scratch and (self.model != "nanovlm" or self.model_path):
-            raise UserError("--from-scratch: only for --model nanovlm without --model-path")
-        if self.lr is not None:
-            self.lr_vision = self.lr_projector = self.lr_language = self.lr
+        trainable = set(MODALITIES)
+        if self.lora:
+            if self.model != "qwen2.5-vl":
+                raise UserError(f"--lora: LoRA adapters are for --model qwen2.5-vl; {self.model} trains all "
+                                f"its weights")
+            lora = self.lora_settings()
+            trainable = set(lora.targets) | set(lora.train_fully)
+        if not trainable - set(self.freeze):
+            what = f" (LoRA adapters on {', '.join(lora.targets)})" if self.lora else ""
+            raise UserError(f"--freeze {','.join(self.freeze)}: leaves nothing to train{what}")
+
+    def lora_settings(self):
+        """The LoraSettings of a --lora run (None without): the projector trains fully beside the adapters
+        unless it has adapters itself (--lora-targets projector/all) or is frozen."""
+        if not self.lora:
+            return None
+        from vlm_grades.models.lora import LoraSettings
+
+        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                            targets=self.lora_targets,
+                            train_fully=tuple(m for m in ("projector",) if m not in self.freeze))
+
+    def _check_trackers(self) -> None:
+        from accelerate.utils import LoggerType
+
+        bad = [t for t in self.report_to if t not in LoggerType.list()]
+        if bad:
+            raise UserError(f"--report-to: unknown tracker {bad[0]!r} (tensorboard, wandb, "
+                            f"or another of accelerate's: {', '.join(LoggerType.list())})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,6 +233,16 @@ class TrainConfig:
 
 
 NANOVLM_PRESETS = ("tiny", "smol", "222m")
+_AT_LEAST_ONE = ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batch_size",
+                 "max_new_tokens", "classic_every", "classic_patience")
+_AT_LEAST_ONE_OR_ALL = ("max_samples", "val_max_samples", "eval_max_samples")
+_YAML_ONLY = ("min_lr_ratio", "classic_min_delta")     # settings without a flag: named as in the YAML file
+
+
+def _flag(name: str) -> str:
+    return name if name in _YAML_ONLY else f"--{name.replace('_', '-')}"
+
+
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 

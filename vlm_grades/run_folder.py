@@ -1,6 +1,7 @@
 """The run folder: the contract between `train`, `report` and `eval` (layout in docs/RUN_FOLDER.md)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,31 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; run folders are shared artefacts
     os.replace(tmp, path)
+
+
+def check_can_create(path: Path, flag: str = "--out") -> None:
+    """`path` can become a folder we write into: tried for real (a file in the way, /proc or /sys, a
+    read-only mount, permissions), then everything the try created is removed again."""
+    path = Path(path)
+    blocking = next((f for f in [path, *path.parents] if f.exists() and not f.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{flag} {path}: {'it' if blocking == path else blocking} is a file, not a folder")
+    created: list[Path] = []
+    try:
+        for folder in [*reversed(path.parents), path]:
+            if not folder.is_dir():
+                folder.mkdir()
+                created.append(folder)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create a folder and write there "
+                        f"({e.strerror or e}{f': {e.filename}' if e.filename else ''})") from None
+    finally:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):   # another process may have started writing there meanwhile
+                folder.rmdir()
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:

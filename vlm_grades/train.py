@@ -27,7 +27,7 @@ from vlm_grades.components import build_registry
 from vlm_grades.config import MODALITIES, TrainConfig
 from vlm_grades.errors import UserError
 from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.run_folder import RunFolder, check_can_create
 from vlm_grades.sampler import ResumableSampler
 from vlm_grades.models import build_adapter
 from vlm_grades.train_data import load_split, mix_in, training_dataset
@@ -284,8 +284,7 @@ class Trainer:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Runs `vlm-grades train`; returns the summary (steps, stop reason, wall time, score)."""
-    if cfg.mixed_precision == "fp16":
-        raise UserError("--mixed-precision fp16: not supported (needs loss scaling); use bf16")
+    cfg.validate()
     cfg.out = cfg.out or default_run_name(cfg)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to or None,
                               project_dir=cfg.out, cpu=_cpu_processes())
@@ -359,8 +358,10 @@ def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) ->
         if checkpoint is None:
             raise UserError(f"--resume: {path} has no complete checkpoint to resume from")
         return RunFolder(path), checkpoint
-    if path.exists() and any(path.iterdir()):
+    if path.is_dir() and any(path.iterdir()):
         raise UserError(f"--out {path}: folder exists and is not empty (use --resume to continue that run)")
+    if accelerator.is_main_process:
+        check_can_create(path)
     return RunFolder(path, create=True), None
 
 

@@ -11,14 +11,23 @@ from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
 
 
+SPLIT_FLAGS = {"validation": "--val-split", "evaluation": "--eval-split"}   # else --split
+
+
 def load_split(cfg: TrainConfig, split: str | None, max_samples: int | None, purpose: str,
                data: str | None = None) -> list[Sample]:
     from vlm_grades.data import load_samples
 
-    samples = load_samples(cfg.task, data or cfg.data, split=split, max_samples=max_samples, seed=cfg.seed,
-                           strict=cfg.strict, prompt=cfg.prompt)
+    flag = SPLIT_FLAGS.get(purpose, "--split")
+    try:
+        samples = load_samples(cfg.task, data or cfg.data, split=split, max_samples=max_samples, seed=cfg.seed,
+                               strict=cfg.strict, prompt=cfg.prompt)
+    except UserError as e:   # the readers know the split, not which flag gave it
+        if flag != "--split" and str(e).startswith("--split"):
+            raise UserError(flag + str(e)[len("--split"):]) from None
+        raise
     if not samples:
-        raise UserError(f"--split {split}: no {purpose} samples in {data or cfg.data or cfg.task}")
+        raise UserError(f"{flag} {split}: no {purpose} samples in {data or cfg.data or cfg.task}")
     return samples
 
 

@@ -33,12 +33,16 @@ def register(sub) -> None:
                         "pretraining recipe, 2000 steps, lr 1e-3, half captions)")
     m.add_argument("--lm-weights", default=S, help="nanovlm smol/222m: SmolLM2 folder (default: fetch cache)")
     m.add_argument("--vision-weights", default=S, help="nanovlm 222m: SigLIP checkpoint folder or hub id")
-    m.add_argument("--lora", action="store_true", default=S, help="train LoRA adapters instead of all weights")
+    m.add_argument("--lora", action="store_true", default=S,
+                   help="qwen2.5-vl: train LoRA adapters instead of all weights; the projector trains fully "
+                        "beside them unless --lora-targets gives it adapters or --freeze names it")
     m.add_argument("--lora-rank", type=int, default=S, help="LoRA rank (default 16)")
     m.add_argument("--lora-alpha", type=int, default=S, help="LoRA alpha (default 32)")
     m.add_argument("--lora-dropout", type=float, default=S, help="LoRA dropout (default 0.05)")
-    m.add_argument("--lora-targets", default=S, help="language, vision or both (default language)")
-    m.add_argument("--freeze", type=_csv, default=S, help="modalities frozen for the whole run, e.g. vision,projector")
+    m.add_argument("--lora-targets", default=S, help="modalities with adapters: language, vision, projector, "
+                   "both (language and vision) or all, or a comma list (default language)")
+    m.add_argument("--freeze", type=_csv, default=S,
+                   help="modalities frozen for the whole run, e.g. vision,projector (something must be left to train)")
     m.add_argument("--min-pixels", type=int, default=S, help="qwen2.5-vl: minimum image pixels")
     m.add_argument("--max-pixels", type=int, default=S, help="qwen2.5-vl: maximum image pixels")
     d = p.add_argument_group("data")
@@ -72,7 +76,8 @@ def register(sub) -> None:
     o.add_argument("--lr-projector", type=float, default=S, help="projector learning rate")
     o.add_argument("--lr-language", type=float, default=S, help="language model learning rate")
     o.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (default 0.01)")
-    o.add_argument("--warmup", type=float, default=S, help="warmup: fraction of steps, or steps if >= 1")
+    o.add_argument("--warmup", type=float, default=S,
+                   help="warmup: fraction of steps (< 1), or a whole number of steps")
     o.add_argument("--schedule", default=S, help="cosine, linear or constant (default cosine)")
     o.add_argument("--clip", type=float, default=S, help="gradient norm clipping, 0 to disable (default 1.0)")
     o.add_argument("--mixed-precision", default=S, help="no or bf16 (default no)")
@@ -89,9 +94,10 @@ def register(sub) -> None:
     s.add_argument("--classic-every", type=int, default=S, help="classic: validate every N steps (default 100)")
     s.add_argument("--classic-patience", type=int, default=S, help="classic: checks without improvement")
     r = p.add_argument_group("run")
-    r.add_argument("--out", default=S, help="run folder (default runs/<model>-<task>-<time>)")
+    r.add_argument("--out", default=S, help="run folder, new or empty, checked writable before any work "
+                   "(default runs/<model>-<task>-<time>)")
     r.add_argument("--checkpoint-every", type=int, default=S, help="checkpoint every N steps (default 500)")
-    r.add_argument("--keep-checkpoints", type=int, default=S, help="checkpoints kept (default 2)")
+    r.add_argument("--keep-checkpoints", type=int, default=S, help="checkpoints kept, 0 for all (default 2)")
     r.add_argument("--eval-batch-size", type=int, default=S, help="generation batch size (default 128)")
     r.add_argument("--max-new-tokens", type=int, default=S, help="generated tokens per answer (default 16)")
     r.add_argument("--report-to", type=_csv, default=S, help="trackers: tensorboard, wandb")

@@ -62,9 +62,44 @@ def _known_splits(files: list[Path], root: Path) -> set[str]:
     return {re.split(r"[-_.]", f.name)[0] for f in files}
 
 
-def _from_parquet(files: list[Path], streaming: bool):
+def check_one_data_set(files: list[Path], root: Path) -> None:
+    """Parquet files read as one table must have the same columns: a folder mixing data sets (VQAv2 and
+    COCO files together) is one line naming the files and the columns that differ, not a CastError
+    from deep in `datasets`. Reads only the files' schemas."""
+    import pyarrow.parquet as pq
+
+    groups: dict[tuple, list[Path]] = {}
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except Exception as e:   # pyarrow raises several types for a damaged file
+            raise UserError(f"{f}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        groups.setdefault(tuple((n, str(schema.field(n).type)) for n in sorted(schema.names)), []).append(f)
+    if len(groups) < 2:
+        return
+    names = {columns: {n for n, _ in columns} for columns in groups}
+    common = set.intersection(*names.values())
+    parts = []
+    for columns, members in groups.items():
+        more = f" (and {len(members) - 1} more)" if len(members) > 1 else ""
+        own = ", ".join(sorted(names[columns] - common))
+        parts.append(f"{_shown(members[0], root)}{more}" + (f" has {own}" if own else ""))
+    types = {n: sorted({dict(columns)[n] for columns in groups}) for n in sorted(common)}
+    retyped = [f"{n} ({' vs '.join(t)})" for n, t in types.items() if len(t) > 1]
+    if retyped:
+        parts.append(f"types differ for {', '.join(retyped)}")
+    raise UserError(f"{root}: parquet files of different data sets: {'; '.join(parts)}; "
+                    f"point --data at the files of one data set")
+
+
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _from_parquet(files: list[Path], streaming: bool, root: Path | None = None):
     import datasets
 
+    check_one_data_set(files, root or files[0].parent)
     return datasets.load_dataset("parquet", data_files={"data": [str(f) for f in files]}, split="data",
                                  streaming=streaming)
 
@@ -103,7 +138,7 @@ def open_local(path: Path, names: list[str], streaming: bool = False):
             raise UserError(f"{path}: no parquet files for split {names[0]!r} (files start with: "
                             f"{', '.join(sorted(known))})")
         chosen = files  # file names carry no split: the folder is the split
-    return _from_parquet(chosen, streaming)
+    return _from_parquet(chosen, streaming, path)
 
 
 def open_hub(repo: str, config: str | None, split: str, streaming: bool = False):

@@ -55,11 +55,9 @@ def build_adapter(cfg, train_samples):
             return NanoVLMAdapter.load(cfg.model_path)
         return NanoVLMAdapter.create(cfg.preset, train_samples, lm_weights=cfg.lm_weights,
                                      vision_weights=cfg.vision_weights)
-    from vlm_grades.models.lora import LoraSettings
     from vlm_grades.models.qwen2_5_vl import Qwen25VLAdapter
 
-    lora = LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                        targets=cfg.lora_targets) if cfg.lora else None
+    lora = cfg.lora_settings()
     # --freeze is applied by the training loop after the registry is built, as for nanoVLM, so frozen
     # modalities stay in components.json and count as frozen
     return Qwen25VLAdapter.load(cfg.model_path, lora=lora, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)

@@ -2,13 +2,15 @@
 
 Each adapter supplies one regular expression per modality (matched with re.fullmatch against the unwrapped
 model's module names, as PEFT does for a string `target_modules`); `apply_lora` joins the requested ones,
-checks that each matches at least one nn.Linear, wraps the model and leaves only the adapter factors trainable.
+checks that each matches at least one nn.Linear, wraps the model and leaves only the adapter factors trainable,
+plus the modalities trained fully beside them (by default the projector, the common recipe): PEFT's
+`modules_to_save`, a trained copy that is saved with the adapter, from module names the adapter supplies.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from torch import nn
 
@@ -25,6 +27,7 @@ class LoraSettings:
     dropout: float = 0.05
     targets: tuple[str, ...] = ("language",)   # modalities with adapters: vision, projector, language (both, all)
     bias: str = "none"                         # PEFT bias mode: none | all | lora_only
+    train_fully: tuple[str, ...] = ("projector",)   # modalities trained fully beside the adapters (not targets)
 
     def __post_init__(self):
         if isinstance(self.targets, str):   # "language", "language,vision", "language+vision", "both", "all"
@@ -35,6 +38,7 @@ class LoraSettings:
                 if m not in expanded:
                     expanded.append(m)
         self.targets = tuple(expanded)
+        self.train_fully = tuple(m for m in self.train_fully if m not in self.targets)
         if self.rank < 1:
             raise UserError(f"--lora-rank: must be a positive integer, got {self.rank}")
         if self.alpha <= 0:
@@ -44,17 +48,22 @@ class LoraSettings:
         bad = [t for t in self.targets if t not in MODALITIES]
         if bad or not self.targets:
             raise UserError(f"--lora-targets: expected one or more of {', '.join(MODALITIES)}, got {self.targets!r}")
+        if any(m not in MODALITIES for m in self.train_fully):
+            raise UserError(f"lora train_fully: expected modalities among {', '.join(MODALITIES)}, "
+                            f"got {self.train_fully!r}")
         if self.bias not in ("none", "all", "lora_only"):
             raise UserError(f"--lora-bias: expected none, all or lora_only, got {self.bias!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["targets"] = list(self.targets)
+        d["train_fully"] = list(self.train_fully)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LoraSettings":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        d = {"train_fully": (), **d}   # saved before train_fully existed: adapters only
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def target_regex(settings: LoraSettings, patterns: Mapping[str, str]) -> str:
@@ -69,8 +78,10 @@ def matching_linears(model: nn.Module, pattern: str) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(pattern, n)]
 
 
-def apply_lora(model: nn.Module, settings: LoraSettings, patterns: Mapping[str, str]) -> nn.Module:
-    """Wrap `model` with LoRA adapters on the requested modalities; only adapter weights stay trainable."""
+def apply_lora(model: nn.Module, settings: LoraSettings, patterns: Mapping[str, str],
+               whole_modules: Mapping[str, Sequence[str]] | None = None) -> nn.Module:
+    """Wrap `model` with LoRA adapters on the requested modalities; only adapter weights stay trainable, and
+    the modules of settings.train_fully (whole_modules: modality -> PEFT `modules_to_save` names)."""
     from peft import LoraConfig, get_peft_model
 
     regex = target_regex(settings, patterns)
@@ -78,17 +89,21 @@ def apply_lora(model: nn.Module, settings: LoraSettings, patterns: Mapping[str, 
         if not matching_linears(model, patterns[t]):
             raise UserError(f"--lora-targets: no linear layer of the {t} modality matches {patterns.get(t)!r} "
                             f"in {type(model).__name__}")
+    whole_modules = whole_modules or {}
+    missing = [m for m in settings.train_fully if not whole_modules.get(m)]
+    if missing:
+        raise UserError(f"LoRA: this model cannot train its {', '.join(missing)} fully beside the adapters")
     config = LoraConfig(
         r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, bias=settings.bias,
-        target_modules=regex,
+        target_modules=regex, modules_to_save=[n for m in settings.train_fully for n in whole_modules[m]] or None,
     )
     for p in model.parameters():
         p.requires_grad_(False)
     peft_model = get_peft_model(model, config)
     for name, p in peft_model.named_parameters():
         # bias="all"/"lora_only" legitimately trains biases; everything else but the factors stays frozen
-        p.requires_grad_(is_lora_parameter(name) or (settings.bias != "none" and name.endswith(".bias")
-                                                      and p.requires_grad))
+        p.requires_grad_(is_lora_parameter(name) or ".modules_to_save." in name
+                         or (settings.bias != "none" and name.endswith(".bias") and p.requires_grad))
     return peft_model
 
 

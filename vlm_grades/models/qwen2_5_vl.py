@@ -40,6 +40,8 @@ LORA_PATTERNS = {
     "vision": r"(?:.*\.)?visual\.blocks\.\d+\.(?:attn\.(?:qkv|proj)|mlp\.(?:gate|up|down)_proj)",
     "projector": r"(?:.*\.)?visual\.merger\.mlp\.(?:0|2)",
 }
+# modules trained fully beside LoRA adapters (PEFT modules_to_save names): the projector with its norm
+WHOLE_MODULES = {"projector": ("merger",)}
 _PROJECTOR = re.compile(r"(?:^|\.)visual\.merger\.")
 _VISION = re.compile(r"(?:^|\.)visual\.")
 _SEQ_KEYS = {"input_ids": None, "attention_mask": 0, "labels": IGNORE, "mm_token_type_ids": 0}  # None: pad id
@@ -123,7 +125,7 @@ class Qwen25VLAdapter:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
             model.config.use_cache = False
         if lora is not None:
-            model = apply_lora(model, lora, LORA_PATTERNS)
+            model = apply_lora(model, lora, LORA_PATTERNS, WHOLE_MODULES)
         adapter = cls(model=model, processor=processor, base_model_path=source, lora=lora,
                       min_pixels=min_pixels, max_pixels=max_pixels, max_length=max_length)
         adapter.freeze(freeze)
