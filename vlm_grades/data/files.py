@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -12,20 +13,33 @@ from vlm_grades.errors import UserError
 ANNOTATION_DIRS = ("", "annotations", "Annotations", "questions", "Questions", "questions1.2", "karpathy")
 
 
-def find_file(root: Path, names: Iterable[str], subdirs: Iterable[str] = ANNOTATION_DIRS) -> Path | None:
-    """The first of `names` in root or its usual sub-folders, else anywhere up to 3 levels down."""
+def find_file(root: Path, names: Iterable[str], subdirs: Iterable[str] = ANNOTATION_DIRS,
+              deep: bool = True) -> Path | None:
+    """The first of `names` in root or its usual sub-folders, else (deep) anywhere up to 3 levels down."""
     names = list(names)
     for sub in subdirs:
         for name in names:
             p = root / sub / name if sub else root / name
             if p.exists():
                 return p
+    if not deep:
+        return None
     for name in names:
         for depth in ("*/", "*/*/", "*/*/*/"):
             hits = sorted(root.glob(depth + name))
             if hits:
                 return hits[0]
     return None
+
+
+_announced: set[str] = set()
+
+
+def announce(line: str) -> None:
+    """Print (once per process, on stderr) which files a reader uses, so that a wrong one is never silent."""
+    if line not in _announced:
+        _announced.add(line)
+        print(line, file=sys.stderr, flush=True)
 
 
 def read_json(path: Path):
