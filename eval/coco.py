@@ -246,9 +246,8 @@ def read_references(path: str, split: str | None = None) -> dict[str, list[str]]
             key = hf_image_id(row)
             if key is None:
                 raise UserError(f"{path}: row {n} has no image id (file_name, question_id or id)")
-            for caption in answers:  # several rows of one image add references, once each
-                if not isinstance(caption, str) or caption not in refs.get(str(key), []):
-                    _add(refs, key, caption, f"{path}: row {n}")
+            for caption in answers:  # every one, as in the official JSON (annotators repeat captions)
+                _add(refs, key, caption, f"{path}: row {n}")
         if not refs:
             raise UserError(f"{path}: no captions")
         return refs

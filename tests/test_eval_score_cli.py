@@ -229,3 +229,25 @@ def test_coco_mismatch_fails_before_starting_java(capsys, tmp_path):
     assert "duplicate image_id 1" in _error(capsys, "--task", "coco", "--predictions", preds, "--references", refs)
     preds = _write(tmp_path / "p2.json", [{"image_id": 1, "caption": "a"}])
     assert "1 of the 2 ids" in _error(capsys, "--task", "coco", "--predictions", preds, "--references", refs)
+
+
+def test_coco_hugging_face_references_keep_every_caption(tmp_path):
+    """COCO keeps a caption that a second annotator wrote word for word: so must both readers of the layout."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fixtures_data import image_bytes
+    from vlm_grades.data import load_samples
+
+    def row(image_id, answer):
+        return {"question_id": f"{image_id:012d}.jpg", "image": {"bytes": image_bytes(image_id, "JPEG"), "path": None},
+                "answer": answer, "id": image_id, "file_name": f"{image_id:012d}.jpg"}
+
+    rows = [row(1, ["a cat", "a cat", "a cat on a mat"]),
+            row(2, ["a dog"]), row(2, ["a dog"]), row(2, ["a brown dog"])]   # one caption per row
+    (tmp_path / "hf").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hf" / "val-00000-of-00001.parquet")
+    expected = {"1": ["a cat", "a cat", "a cat on a mat"], "2": ["a dog", "a dog", "a brown dog"]}
+    assert coco.read_references(str(tmp_path / "hf"), split="val") == expected
+    samples = load_samples("coco", str(tmp_path / "hf"), split="val")
+    assert {s.id: s.targets for s in samples} == expected
