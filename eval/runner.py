@@ -30,7 +30,7 @@ def _check_task(task: str) -> None:
 
 def score_predictions(task: str, predictions: dict[str, str], references: dict[str, Any], *,
                       partial: bool = False, pred_name: str = "predictions", ref_name: str = "references",
-                      lenient: bool = False, raw: bool = False, spice: bool | None = None,
+                      lmms_eval: bool = False, raw: bool = False, spice: bool | None = None,
                       spice_corenlp: str | None = None, log: Callable[[str], None] | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Align ids, then score with the task's metric. Returns (result, per-sample scores).
@@ -45,7 +45,7 @@ def score_predictions(task: str, predictions: dict[str, str], references: dict[s
     refs = {k: r for k, r in references.items()
             if k in kept or (task == "gqa" and not r["is_balanced"])}  # gqa counts the unbalanced it skips
     if task == "vqav2":
-        metrics, per_sample = vqav2.score(kept, refs, lenient=lenient)
+        metrics, per_sample = vqav2.score(kept, refs, lmms_eval=lmms_eval)
     elif task == "gqa":
         metrics, per_sample = gqa.score(kept, refs, raw=raw)
     elif task == "easyvqa":
@@ -125,7 +125,7 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
              max_new_tokens: int | None = None, num_workers: int = 0, progress: bool = True,
              **score_options) -> dict[str, Any]:
     """Generate answers for `samples`, write them in the official format, score them (the same metric
-    functions as `vlm-grades score`). score_options: lenient (vqav2), raw (gqa, easyvqa), spice,
+    functions as `vlm-grades score`). score_options: lmms_eval (vqav2), raw (gqa, easyvqa), spice,
     spice_corenlp (coco). Returns the scores dict, also written to <task>_scores.json."""
     _check_task(task)
     if not samples:
@@ -177,6 +177,8 @@ def format_table(result: dict[str, Any]) -> str:
     """A plain two-column table of a score_predictions/evaluate result."""
     m = result["metrics"]
     rows: list[tuple[str, str]] = [("task", result["task"]), ("scored", str(result["n"]))]
+    if "protocol" in m:
+        rows.append(("protocol", m["protocol"]))
 
     def add(name, value, indent=0):
         rows.append(("  " * indent + name, f"{value:.2f}" if isinstance(value, float) else str(value)))

@@ -4,8 +4,9 @@ Per question: the mean over the ten leave-one-out subsets of the human answers o
 min(1, matches among the other nine / 3). Answers and prediction are stripped (newlines and tabs
 become spaces); only when the ten answers are not all identical do both go through the official
 normalization (punctuation, periods, lowercase, number words, articles, contractions).
-`lenient=True` follows lmms-eval instead: the prediction always goes through its EvalAI answer
-processor, and the answers are always normalized too (so "Yes" matches ten "yes").
+`lmms_eval=True` follows lmms-eval's vqav2_process_results instead, which differs in one place: the
+prediction always goes through its EvalAI answer processor first (so "Yes" matches ten "yes", but
+"two" no longer matches ten "two": it became "2"); the answers are treated as officially.
 """
 from __future__ import annotations
 
@@ -87,20 +88,13 @@ def lmms_eval_prediction(text: str) -> str:
 
 # --- accuracy -------------------------------------------------------------------------------------
 
-def question_accuracy(prediction: str, answers: list[str], lenient: bool = False) -> float:
+def question_accuracy(prediction: str, answers: list[str], lmms_eval: bool = False) -> float:
     """The official per-question accuracy in [0, 1] (ten human answers, leave-one-out)."""
     answers = [_strip(a) for a in answers]
-    differ = len(set(answers)) > 1
-    if lenient:
-        pred = lmms_eval_prediction(prediction)
+    pred = lmms_eval_prediction(prediction) if lmms_eval else _strip(prediction)
+    if len(set(answers)) > 1:
         answers = [normalize(a) for a in answers]
-        if differ:
-            pred = normalize(pred)
-    else:
-        pred = _strip(prediction)
-        if differ:
-            answers = [normalize(a) for a in answers]
-            pred = normalize(pred)
+        pred = normalize(pred)
     matches = sum(a == pred for a in answers)
     if not answers:
         return 0.0
@@ -110,14 +104,14 @@ def question_accuracy(prediction: str, answers: list[str], lenient: bool = False
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
-          lenient: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
+          lmms_eval: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """Accuracy (x100) overall, per answer type and per question type, over the references' ids
     (every one must have a prediction). Returns (summary, per-question accuracy in [0, 1])."""
     per_sample: dict[str, float] = {}
     by_answer: dict[str, list[float]] = {}
     by_question: dict[str, list[float]] = {}
     for qid, ref in references.items():
-        acc = question_accuracy(predictions[qid], ref["answers"], lenient=lenient)
+        acc = question_accuracy(predictions[qid], ref["answers"], lmms_eval=lmms_eval)
         per_sample[qid] = acc
         by_answer.setdefault(ref.get("answer_type") or "unknown", []).append(acc)
         by_question.setdefault(ref.get("question_type") or "unknown", []).append(acc)
@@ -126,7 +120,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         "per_answer_type": {k: mean100(v) for k, v in sorted(by_answer.items())},
         "per_question_type": {k: mean100(v) for k, v in sorted(by_question.items())},
         "n": len(per_sample),
-        "normalization": "lenient (lmms-eval)" if lenient else "official",
+        "protocol": "lmms-eval" if lmms_eval else "official",
     }
     return summary, per_sample
 

@@ -63,17 +63,32 @@ def test_vqav2_official_files(capsys, vqa_files):
     assert "accuracy" in out and "86.67" in out and "how many" in out
 
 
-def test_vqav2_lenient(capsys, vqa_files, tmp_path):
+def test_vqav2_lmms_eval(capsys, vqa_files, tmp_path):
     _, annotations, _, _ = vqa_files
+    # 10 (ten "yes"): "Yes" is 0 officially, 1 in lmms-eval (its prediction is lowercased); 11: "3" matches 8 of
+    # "2" x2 + "3" x8 -> 1; 20 (nine "red", "dark red"): "red" -> 1
     preds = _write(tmp_path / "r.json", [{"question_id": 10, "answer": "Yes"}, {"question_id": 11, "answer": "3"},
                                          {"question_id": 20, "answer": "red"}])
     out_json = tmp_path / "s.json"
-    assert _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations,
-                "--out", str(out_json))[0] == 0
-    assert json.loads(out_json.read_text())["score"] == pytest.approx(200 / 3)
-    assert _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations, "--lenient",
-                "--out", str(out_json))[0] == 0
-    assert json.loads(out_json.read_text())["score"] == pytest.approx(100.0)
+    code, out, _ = _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations,
+                        "--out", str(out_json))
+    assert code == 0 and json.loads(out_json.read_text())["score"] == pytest.approx(200 / 3)
+    assert json.loads(out_json.read_text())["metrics"]["protocol"] == "official"
+    assert "protocol" in out and "official" in out
+    code, out, _ = _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations,
+                        "--lmms-eval", "--out", str(out_json))
+    assert code == 0 and json.loads(out_json.read_text())["score"] == pytest.approx(100.0)
+    assert json.loads(out_json.read_text())["metrics"]["protocol"] == "lmms-eval"
+    assert "lmms-eval" in out
+    # ten "two" against a prediction "two": 1 officially, 0 in lmms-eval
+    anns = _write(tmp_path / "a.json", {"annotations": [{"question_id": 1, "question_type": "how many",
+                                                          "answer_type": "number", "multiple_choice_answer": "two",
+                                                          "answers": [{"answer": "two"}] * 10}]})
+    two = _write(tmp_path / "two.json", [{"question_id": 1, "answer": "two"}])
+    for flags, score in (((), 100.0), (("--lmms-eval",), 0.0)):
+        assert _run(capsys, "--task", "vqav2", "--predictions", two, "--annotations", anns, *flags,
+                    "--out", str(out_json))[0] == 0
+        assert json.loads(out_json.read_text())["score"] == score
 
 
 def test_vqav2_hugging_face_layouts(tmp_path, vqa_files):

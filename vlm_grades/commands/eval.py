@@ -62,7 +62,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else default_out(args.model, args.task)
     result = evaluate(adapter, list(samples), args.task, out, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, num_workers=args.num_workers,
-                      progress=not args.no_progress, lenient=args.lenient, raw=args.raw,
+                      progress=not args.no_progress, lmms_eval=args.lmms_eval, raw=args.raw,
                       spice=args.spice, spice_corenlp=args.spice_corenlp)
     print(format_table(result))
     gen = result["generation"]

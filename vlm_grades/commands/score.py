@@ -15,9 +15,10 @@ REFERENCE_HELP = (
 
 def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `score` and `eval`."""
-    p.add_argument("--lenient", action="store_true",
-                   help="vqav2: always normalize answers and prediction, as lmms-eval does (default: the "
-                        "official evaluator, which normalizes only when the ten answers differ)")
+    p.add_argument("--lmms-eval", action="store_true",
+                   help="vqav2: lmms-eval's rule: the prediction always goes through its answer processor "
+                        "(lowercase, punctuation, number words, articles), the ten answers only when they differ "
+                        "(default: the official evaluator, which normalizes neither when the ten answers agree)")
     p.add_argument("--raw", action="store_true",
                    help="gqa/easyvqa: compare predictions verbatim (the official GQA script); default strips "
                         "a trailing period and lowercases")
@@ -87,7 +88,7 @@ def run(args) -> int:
     predictions = formats.read_predictions(args.task, args.predictions)
     references, ref_name = load_references(args)
     result, _ = score_predictions(args.task, predictions, references, partial=args.partial,
-                                  pred_name=str(args.predictions), ref_name=ref_name, lenient=args.lenient,
+                                  pred_name=str(args.predictions), ref_name=ref_name, lmms_eval=args.lmms_eval,
                                   raw=args.raw, spice=args.spice, spice_corenlp=args.spice_corenlp)
     result["predictions"] = str(args.predictions)
     result["references"] = ref_name
