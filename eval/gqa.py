@@ -1,8 +1,8 @@
 """GQA accuracy as the official eval.py computes it: exact match over balanced questions, split into
 binary and open ("open" when the structural type is "query"), and per structural and semantic type.
 
-Predictions get the common preprocessing (LLaVA / lmms-eval: strip a trailing period, lowercase)
-unless `raw=True`, the official script's plain string comparison.
+The official script compares the strings as they are (prediction == answer): the default. `lmms_eval=True`
+first applies lmms-eval's (and LLaVA's) preprocessing to the prediction: strip, drop trailing periods, lowercase.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from eval.formats import mean100
 from vlm_grades.errors import UserError
 
 TASK = "gqa"
+PROTOCOLS = {"official": "official (prediction == answer)",
+             "lmms-eval": "lmms-eval (prediction stripped, trailing periods dropped, lowercased)"}
 
 
 def preprocess(prediction: str) -> str:
@@ -19,7 +21,7 @@ def preprocess(prediction: str) -> str:
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
-          raw: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
+          lmms_eval: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """Over the balanced references (each must have a prediction). Returns (summary x100, {id: 0/1})."""
     per_sample: dict[str, float] = {}
     split: dict[str, list[float]] = {"binary": [], "open": []}
@@ -28,7 +30,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
     for qid, ref in references.items():
         if not ref["is_balanced"]:
             continue
-        pred = predictions[qid] if raw else preprocess(predictions[qid])
+        pred = preprocess(predictions[qid]) if lmms_eval else predictions[qid]
         correct = 1.0 if pred == ref["answer"] else 0.0
         per_sample[qid] = correct
         split["open" if ref["structural"] == "query" else "binary"].append(correct)
@@ -42,7 +44,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         "per_semantic_type": {k: mean100(v) for k, v in sorted(semantic.items())},
         "n": len(per_sample), "n_binary": len(split["binary"]), "n_open": len(split["open"]),
         "unbalanced_skipped": sum(1 for r in references.values() if not r["is_balanced"]),
-        "preprocessing": "raw (official)" if raw else "strip trailing period, lowercase",
+        "protocol": "lmms-eval" if lmms_eval else "official",
     }
     return summary, per_sample
 

@@ -47,7 +47,7 @@ def score_predictions(task: str, predictions: dict[str, str], references: dict[s
     if task == "vqav2":
         metrics, per_sample = vqav2.score(kept, refs, lmms_eval=lmms_eval)
     elif task == "gqa":
-        metrics, per_sample = gqa.score(kept, refs, raw=raw)
+        metrics, per_sample = gqa.score(kept, refs, lmms_eval=lmms_eval)
     elif task == "easyvqa":
         metrics, per_sample = easyvqa.score(kept, refs, raw=raw)
     elif task == "easyvqa-caption":
@@ -125,7 +125,7 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
              max_new_tokens: int | None = None, num_workers: int = 0, progress: bool = True,
              **score_options) -> dict[str, Any]:
     """Generate answers for `samples`, write them in the official format, score them (the same metric
-    functions as `vlm-grades score`). score_options: lmms_eval (vqav2), raw (gqa, easyvqa), spice,
+    functions as `vlm-grades score`). score_options: lmms_eval (vqav2, gqa), raw (easyvqa), spice,
     spice_corenlp (coco). Returns the scores dict, also written to <task>_scores.json."""
     _check_task(task)
     if not samples:
@@ -178,7 +178,7 @@ def format_table(result: dict[str, Any]) -> str:
     m = result["metrics"]
     rows: list[tuple[str, str]] = [("task", result["task"]), ("scored", str(result["n"]))]
     if "protocol" in m:
-        rows.append(("protocol", m["protocol"]))
+        rows.append(("protocol", {"vqav2": vqav2, "gqa": gqa}[result["task"]].PROTOCOLS[m["protocol"]]))
 
     def add(name, value, indent=0):
         rows.append(("  " * indent + name, f"{value:.2f}" if isinstance(value, float) else str(value)))

@@ -19,6 +19,8 @@ from eval.formats import mean100
 from vlm_grades.errors import UserError
 
 TASK = "vqav2"
+PROTOCOLS = {"official": "official (answers and prediction normalized only when the ten answers differ)",
+             "lmms-eval": "lmms-eval (prediction always normalized, the ten answers only when they differ)"}
 PRED_FIELDS = ("question_id", "answer")
 
 # --- the official normalization -------------------------------------------------------------------

@@ -76,8 +76,10 @@ def test_evaluate_gqa_and_easyvqa(tmp_path):
     samples = [Sample(id=f"g{i}", image="x.png", prompt=f"P{i}", targets=[a], task="gqa",
                       meta={"is_balanced": i != 2, "types": {"structural": s, "semantic": m}})
                for i, (a, (s, m)) in enumerate(zip(["yes", "left", "cup"], types))]
-    result = runner.evaluate(FakeAdapter({"P0": "Yes.", "P1": "right", "P2": "cup"}), samples, "gqa", tmp_path,
-                             progress=False)
+    adapter = FakeAdapter({"P0": "Yes.", "P1": "right", "P2": "cup"})
+    result = runner.evaluate(adapter, samples, "gqa", tmp_path, progress=False)
+    assert result["score"] == 0.0 and result["metrics"]["protocol"] == "official"    # "Yes." is not "yes"
+    result = runner.evaluate(adapter, samples, "gqa", tmp_path, progress=False, lmms_eval=True)
     assert result["score"] == 50.0 and result["metrics"]["binary"] == 100.0 and result["metrics"]["open"] == 0.0
     assert result["metrics"]["unbalanced_skipped"] == 1
     written = json.loads((tmp_path / "gqa_predictions.json").read_text())

@@ -131,11 +131,18 @@ def test_gqa_official_and_hugging_face(capsys, tmp_path):
     preds = _write(tmp_path / "p.json", [{"questionId": "q1", "prediction": "Yes."},
                                          {"questionId": "q2", "prediction": "right"}])
     out_json = tmp_path / "s.json"
-    assert _run(capsys, "--task", "gqa", "--predictions", preds, "--questions", qfile, "--out", str(out_json))[0] == 0
+    # the official metric: "Yes." is not "yes"
+    code, out, _ = _run(capsys, "--task", "gqa", "--predictions", preds, "--questions", qfile, "--out", str(out_json))
+    assert code == 0 and "official (prediction == answer)" in out
+    result = json.loads(out_json.read_text())
+    assert result["score"] == 0.0 and result["metrics"]["protocol"] == "official"
+    code, out, _ = _run(capsys, "--task", "gqa", "--predictions", preds, "--references", qfile, "--lmms-eval",
+                        "--out", str(out_json))
+    assert code == 0 and "lmms-eval" in out
     result = json.loads(out_json.read_text())
     assert result["score"] == 50.0 and result["metrics"]["binary"] == 100.0 and result["metrics"]["open"] == 0.0
     assert _run(capsys, "--task", "gqa", "--predictions", preds, "--references", qfile, "--raw",
-                "--out", str(out_json))[0] == 0
+                "--out", str(out_json))[0] == 0          # the default, named as before
     assert json.loads(out_json.read_text())["score"] == 0.0
 
     import pyarrow as pa
@@ -226,6 +233,8 @@ def test_reference_file_errors(capsys, vqa_files, tmp_path):
     qs = _write(tmp_path / "q.json", {"questions": [{"question_id": 10}]})
     assert "do not match" in _error(capsys, "--task", "vqav2", "--predictions", preds, "--annotations",
                                     annotations, "--questions", qs)
+    assert "--lmms-eval: only for vqav2 and gqa, not coco" in _error(capsys, "--task", "coco", "--predictions",
+                                                                      preds, "--lmms-eval")
     gq = _write(tmp_path / "g.json", ["not", "a", "dict"])
     gp = _write(tmp_path / "gp.json", [{"questionId": "1", "prediction": "x"}])
     assert "not a GQA questions file" in _error(capsys, "--task", "gqa", "--predictions", gp, "--references", gq)

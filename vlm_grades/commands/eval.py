@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlm_grades.commands.score import add_scoring_flags
+from vlm_grades.commands.score import add_scoring_flags, check_scoring_flags
 from vlm_grades.errors import UserError
 
 
@@ -42,6 +42,7 @@ def run(args) -> int:
     from vlm_grades.data import load_samples
     from vlm_grades.models import load_for_eval
 
+    check_scoring_flags(args)
     for flag in ("batch_size", "max_new_tokens", "max_samples"):
         value = getattr(args, flag)
         if value is not None and value < 1:

@@ -15,13 +15,16 @@ REFERENCE_HELP = (
 
 def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `score` and `eval`."""
-    p.add_argument("--lmms-eval", action="store_true",
-                   help="vqav2: lmms-eval's rule: the prediction always goes through its answer processor "
-                        "(lowercase, punctuation, number words, articles), the ten answers only when they differ "
-                        "(default: the official evaluator, which normalizes neither when the ten answers agree)")
-    p.add_argument("--raw", action="store_true",
-                   help="gqa/easyvqa: compare predictions verbatim (the official GQA script); default strips "
-                        "a trailing period and lowercases")
+    protocol = p.add_mutually_exclusive_group()
+    protocol.add_argument("--lmms-eval", action="store_true",
+                          help="score as lmms-eval does (default: the official metric). vqav2: the prediction always "
+                               "goes through its answer processor (lowercase, punctuation, number words, articles), "
+                               "the ten answers only when they differ (officially neither is normalized when the "
+                               "ten agree); gqa: the prediction is stripped, trailing periods dropped, lowercased "
+                               "(officially prediction == answer)")
+    protocol.add_argument("--raw", action="store_true",
+                          help="easyvqa: compare predictions verbatim (default: strip a trailing period and "
+                               "lowercase); gqa: the official comparison, already the default")
     spice = p.add_mutually_exclusive_group()
     spice.add_argument("--spice", dest="spice", action="store_true", default=None,
                        help="coco: require SPICE (error if its CoreNLP jars are missing); default: run it when present")
@@ -29,6 +32,11 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spice-corenlp", metavar="DIR",
                    help="coco: folder holding stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar "
                         "for SPICE (also read from $VLM_GRADES_SPICE_CORENLP)")
+
+
+def check_scoring_flags(args) -> None:
+    if args.lmms_eval and args.task not in ("vqav2", "gqa"):
+        raise UserError(f"--lmms-eval: only for vqav2 and gqa, not {args.task}")
 
 
 def register(subparsers) -> None:
@@ -85,6 +93,7 @@ def run(args) -> int:
     from eval import formats
     from eval.runner import format_table, score_predictions
 
+    check_scoring_flags(args)
     predictions = formats.read_predictions(args.task, args.predictions)
     references, ref_name = load_references(args)
     result, _ = score_predictions(args.task, predictions, references, partial=args.partial,
