@@ -6,6 +6,7 @@ first applies lmms-eval's (and LLaVA's) preprocessing to the prediction: strip, 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from eval.formats import mean100
@@ -64,27 +65,65 @@ def _reference(row: dict, where: str) -> dict[str, Any]:
             "structural": types.get("structural"), "semantic": types.get("semantic")}
 
 
+def _splits_in(folder: Path) -> set[str]:
+    """The GQA splits a folder holds: official `<split>_questions.json` files, lmms-lab `<split>_instructions`."""
+    names = {p.name[:-len("_instructions")] for p in folder.glob("*_instructions") if p.is_dir()}
+    for pattern in ("*_questions.json", "*/*_questions.json", "*_questions"):
+        names |= {p.name.split("_questions")[0] for p in folder.glob(pattern)}
+    return names
+
+
+def locate(path: Path, split: str | None) -> tuple[Path, str | None]:
+    """Where the questions of `split` are, found as `vlm-grades train --data` finds them: the official questions
+    JSON (or its shards folder), else the `<split>_instructions` config of an lmms-lab/GQA folder, else `path`
+    itself. Returns (file or folder, the split still to pick inside a Hugging Face layout)."""
+    from vlm_grades.data import gqa as data
+
+    if not path.is_dir():
+        return path, split
+    if split is None:
+        splits = _splits_in(path)
+        if len(splits) > 1:
+            raise UserError(f"{path}: holds several splits; choose one with --split ({', '.join(sorted(splits))})")
+        if not splits:
+            return path, None           # the instructions folder itself, or parquet files
+        split = splits.pop()
+    name = data.full_split(split)
+    official = data.find_official(path, name)
+    if official is not None:
+        return official, None
+    if (path / f"{name}_instructions").is_dir():
+        return path / f"{name}_instructions", None
+    return path, split
+
+
 def read_references(path: str, split: str | None = None) -> dict[str, dict[str, Any]]:
     """The official questions JSON ({question id: {answer, isBalanced, types, ...}}) or a Hugging Face
-    layout with the lmms-lab/GQA *_instructions columns (id, answer, isBalanced, types)."""
+    layout with the lmms-lab/GQA *_instructions columns (id, answer, isBalanced, types); a folder holding
+    either (see `locate`)."""
     from eval.formats import is_table, key_of, read_json, read_table
+    from vlm_grades.data.gqa import read_questions
 
+    where, split = locate(Path(path), split)
     refs: dict[str, dict[str, Any]] = {}
-    if is_table(path):
-        for i, row in enumerate(read_table(path, ["id", "answer", "isBalanced", "types"], split=split,
+    if where.is_dir() and where.name.endswith("_questions"):     # the official shards folder
+        data = read_questions(where)
+    elif is_table(where):
+        for i, row in enumerate(read_table(where, ["id", "answer", "isBalanced", "types"], split=split,
                                            optional=("isBalanced", "types"))):
-            qid = key_of(row.get("id"), f"{path}: row {i}")
+            qid = key_of(row.get("id"), f"{where}: row {i}")
             if qid in refs:
-                raise UserError(f"{path}: duplicate question id {qid}")
-            refs[qid] = _reference(row, f"{path}: question {qid}")
+                raise UserError(f"{where}: duplicate question id {qid}")
+            refs[qid] = _reference(row, f"{where}: question {qid}")
+        data = {}
     else:
-        data = read_json(path)
+        data = read_json(where)
         if not isinstance(data, dict):
-            raise UserError(f"{path}: not a GQA questions file (expected an object keyed by question id)")
-        for qid, row in data.items():
-            refs[key_of(qid, str(path))] = _reference(row, f"{path}: question {qid}")
+            raise UserError(f"{where}: not a GQA questions file (expected an object keyed by question id)")
+    for qid, row in data.items():
+        refs[key_of(qid, str(where))] = _reference(row, f"{where}: question {qid}")
     if not refs:
-        raise UserError(f"{path}: no questions")
+        raise UserError(f"{where}: no questions")
     return refs
 
 

@@ -275,3 +275,27 @@ def test_coco_hugging_face_references_keep_every_caption(tmp_path):
     assert coco.read_references(str(tmp_path / "hf"), split="val") == expected
     samples = load_samples("coco", str(tmp_path / "hf"), split="val")
     assert {s.id: s.targets for s in samples} == expected
+
+
+@pytest.mark.parametrize("fmt", ["disk", "parquet"])
+def test_gqa_accepts_the_folders_train_accepts(capsys, tmp_path, fmt):
+    """The lmms-lab/GQA folder (*_instructions + *_images configs) and the official folder, as `train --data`."""
+    from fixtures_data import write_gqa, write_hf_gqa
+
+    hf = write_hf_gqa(tmp_path / "hf", fmt=fmt)
+    official = write_gqa(tmp_path / "official")
+    expected = gqa.read_references(str(official["questions"]))
+    assert len(expected) == 6
+    for folder in (hf["source"], official["source"]):
+        assert gqa.read_references(folder, split="testdev") == expected
+        assert gqa.read_references(folder) == expected                  # the folder's only split
+    preds = _write(tmp_path / "p.json", [{"questionId": q, "prediction": a} for q, a in hf["answers"].items()])
+    out_json = tmp_path / "s.json"
+    code, _, err = _run(capsys, "--task", "gqa", "--predictions", preds, "--references", hf["source"],
+                        "--split", "testdev_balanced", "--out", str(out_json))
+    assert code == 0, err
+    assert json.loads(out_json.read_text())["score"] == 100.0
+    write_hf_gqa(tmp_path / "hf", fmt=fmt, split="val_balanced")
+    capsys.readouterr()
+    line = _error(capsys, "--task", "gqa", "--predictions", preds, "--references", hf["source"])
+    assert "several splits" in line and "testdev_balanced" in line and "val_balanced" in line and "--split" in line
