@@ -40,6 +40,10 @@ def _infixes(split: str) -> tuple[str, str]:
     return split, split.replace("test-dev", "test")   # e.g. "val2014", "test-dev2015"
 
 
+def annotations_name(split: str) -> str:
+    return f"v2_mscoco_{_infixes(split)[0]}_annotations.json"
+
+
 def expected(split: str) -> str:
     q, img = _infixes(split)
     return EXPECTED.format(q=q, img=img)
@@ -119,11 +123,12 @@ def load_official(questions_path: Path, split: str, issues: Issues, template: st
     q_infix, img_folder = _infixes(split)
     root = questions_path.parent
     searched = _searched(questions_path, data_root)
-    ann_name = f"v2_mscoco_{q_infix}_annotations.json"
+    ann_name = annotations_name(split)
     ann_path = find_file(root, [ann_name]) or next(
         (p for folder in searched[1:] if (p := find_file(folder, [ann_name], deep=False))), None)
     if ann_path is None and not allow_unanswered:
-        raise UserError(f"{searched[-1]}: {ann_name} not found there or next to {questions_path.name}; "
+        where = f"next to {questions_path.name}" if len(searched) == 1 else f"there or next to {questions_path}"
+        raise UserError(f"{searched[-1]}: {ann_name} not found {where}; "
                         f"`vlm-grades eval --allow-unanswered` predicts without answers (no score)")
     questions = require_key(read_json(questions_path), "questions", questions_path)
     anns = _index_annotations(ann_path, issues) if ann_path else {}
@@ -233,3 +238,28 @@ def find_official(path: Path, split: str) -> Path | None:
         return path if path.suffix == ".json" else None
     q_infix, _ = _infixes(split)
     return find_file(path, [f"v2_OpenEnded_mscoco_{q_infix}_questions.json"])
+
+
+# ---------------------------------------------------------------- submissions
+
+TEST_QUESTIONS = "v2_OpenEnded_mscoco_test2015_questions.json"
+
+
+def submission_question_ids(source: str, split: str) -> tuple[list[str], Path] | None:
+    """For test-dev and test: the question ids EvalAI's VQAv2 server wants answered (every question of
+    v2_OpenEnded_mscoco_test2015_questions.json, test-dev being part of it) and that file, looked for only
+    where the user pointed; None for another split or when the file is not there."""
+    if _infixes(split)[0] not in ("test-dev2015", "test2015"):
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    found = find_file(path if path.is_dir() else path.parent, [TEST_QUESTIONS])
+    if found is None:
+        return None
+    ids = []
+    for i, q in enumerate(require_key(read_json(found), "questions", found)):
+        if not isinstance(q, dict) or q.get("question_id") is None:
+            raise UserError(f"{found}: question #{i} has no question_id")
+        ids.append(str(q["question_id"]))
+    return ids, found
