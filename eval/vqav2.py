@@ -161,11 +161,29 @@ def references_from_rows(rows: list[dict], name: str) -> dict[str, dict[str, Any
     return refs
 
 
+def locate(path: Path, split: str | None) -> tuple[Path, str | None]:
+    """The annotations JSON of `split` in an official folder (found as `vlm-grades train --data` finds it; without
+    a split, the folder's only one), else `path` itself. Returns (file or folder, the split still to pick)."""
+    from eval.formats import one_split
+    from vlm_grades.data.files import find_file, official_files
+    from vlm_grades.data.vqav2 import annotations_name
+
+    if not path.is_dir():
+        return path, split
+    if split:
+        found = find_file(path, [annotations_name(split)], deep=False)
+        return (found, None) if found else (path, split)
+    found = one_split(path, official_files(path, "v2_mscoco_*_annotations.json"), "v2_mscoco_", "_annotations.json")
+    return found or path, None
+
+
 def read_references(path: str, questions: str | None = None, split: str | None = None) -> dict[str, dict]:
     """Official annotations JSON ({"annotations": [...]}) or a Hugging Face layout (lmms-lab/VQAv2
-    columns). `questions`: the official questions JSON, checked against the annotations' ids."""
+    columns), or a folder holding either. `questions`: the official questions JSON, checked against the
+    annotations' ids."""
     from eval.formats import is_table, read_json, read_table
 
+    path, split = locate(Path(path), split)
     if is_table(path):
         rows = read_table(path, ["question_id", "answers", "answer_type", "question_type"], split=split)
     else:

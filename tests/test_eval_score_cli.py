@@ -299,3 +299,21 @@ def test_gqa_accepts_the_folders_train_accepts(capsys, tmp_path, fmt):
     capsys.readouterr()
     line = _error(capsys, "--task", "gqa", "--predictions", preds, "--references", hf["source"])
     assert "several splits" in line and "testdev_balanced" in line and "val_balanced" in line and "--split" in line
+
+
+def test_vqav2_and_coco_accept_the_official_folders_train_accepts(capsys, tmp_path):
+    from fixtures_data import write_coco, write_coco_karpathy, write_vqav2
+
+    d = write_vqav2(tmp_path / "vqa")
+    expected = vqav2.read_references(str(d["annotations"]))
+    assert vqav2.read_references(d["source"], split="val") == expected
+    assert vqav2.read_references(d["source"]) == expected                  # the folder's only split
+    write_vqav2(tmp_path / "vqa", split="train")
+    with pytest.raises(UserError, match="several splits; choose one with --split .*train2014, val2014"):
+        vqav2.read_references(d["source"])
+
+    c = write_coco(tmp_path / "coco")
+    expected = coco.read_references(str(c["annotations"]))
+    assert coco.read_references(c["source"], split="val") == expected == coco.read_references(c["source"])
+    k = write_coco_karpathy(tmp_path / "karpathy")
+    assert coco.read_references(k["source"], split="test") == coco.read_references(str(k["file"]), split="test")

@@ -8,9 +8,9 @@ from vlm_grades.errors import UserError
 
 REFERENCE_HELP = (
     "vqav2: annotations JSON (or --annotations), or a Hugging Face layout with the lmms-lab/VQAv2 columns; "
-    "gqa: questions JSON keyed by question id (or --questions), lmms-lab/GQA *_instructions parquet/folder, or "
-    "a folder holding either (the folders `train --data` takes); "
+    "gqa: questions JSON keyed by question id (or --questions), or lmms-lab/GQA *_instructions parquet/folder; "
     "coco: captions_*.json, Karpathy dataset_coco.json, or lmms-lab/COCO-Caption2017 parquet/folder; "
+    "or a folder holding one of them: the folders `train --data` takes; "
     "easyvqa: optional questions JSON ([question, answer, image_id] lists), default the easy-vqa package")
 
 
@@ -52,9 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--questions", metavar="FILE",
                    help="vqav2: the official questions JSON, checked against the annotations; "
                         "gqa: the questions JSON (same as --references)")
-    p.add_argument("--split", help="split to read from a Hugging Face layout, Karpathy file or gqa folder "
-                                   "(coco Karpathy default: test; easyvqa package: test or train, default test; "
-                                   "gqa folder: its only split)")
+    p.add_argument("--split", help="split to read from a folder, Hugging Face layout or Karpathy file (default: "
+                                   "the folder's only split; coco Karpathy: test; easyvqa package: test or train, "
+                                   "default test)")
     p.add_argument("--partial", action="store_true",
                    help="score only the ids present in both files and report how many were missing "
                         "(default: mismatched id sets are an error)")

@@ -32,6 +32,11 @@ def find_file(root: Path, names: Iterable[str], subdirs: Iterable[str] = ANNOTAT
     return None
 
 
+def official_files(root: Path, pattern: str) -> list[Path]:
+    """The files matching `pattern` in root and its usual sub-folders (one per split, e.g. captions_*.json)."""
+    return [p for sub in ANNOTATION_DIRS for p in sorted((root / sub).glob(pattern)) if p.is_file()]
+
+
 _announced: set[str] = set()
 
 
