@@ -232,20 +232,20 @@ def hf_image_id(row: dict) -> Any:
     return row.get("id")
 
 
-def locate(path: Path, split: str | None) -> Path:
+def locate(path: Path, split: str | None) -> tuple[Path, str | None]:
     """The captions file of `split` in an official folder (found as `vlm-grades train --data` finds it; without
-    a split, the folder's only captions_*.json, else dataset_coco.json), else `path` itself."""
+    a split, the folder's only captions_*.json, else dataset_coco.json), else `path` itself; and the split."""
     from eval.formats import one_split
     from vlm_grades.data import coco as data
     from vlm_grades.data.files import find_file, official_files
 
     if not path.is_dir():
-        return path
+        return path, split
     if split:
         found = data.find_official(path, split)
-        return found[1] if found else path
+        return (found[1] if found else path), split
     found = one_split(path, official_files(path, "captions_*.json"), "captions_", ".json")
-    return found or find_file(path, [data.KARPATHY], deep=False) or path
+    return found or find_file(path, [data.KARPATHY], deep=False) or path, None
 
 
 def read_references(path: str, split: str | None = None) -> dict[str, list[str]]:
@@ -254,7 +254,8 @@ def read_references(path: str, split: str | None = None) -> dict[str, list[str]]
     folder holding one of them."""
     from eval.formats import is_table, read_json, read_table
 
-    path = str(locate(Path(path), split))
+    where, split = locate(Path(path), split)
+    path = str(where)
     refs: dict[str, list[str]] = {}
     if is_table(path):
         rows = read_table(path, ["question_id", "answer", "file_name", "id"], split=split,

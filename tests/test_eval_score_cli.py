@@ -291,9 +291,10 @@ def test_gqa_accepts_the_folders_train_accepts(capsys, tmp_path, fmt):
         assert gqa.read_references(folder) == expected                  # the folder's only split
     preds = _write(tmp_path / "p.json", [{"questionId": q, "prediction": a} for q, a in hf["answers"].items()])
     out_json = tmp_path / "s.json"
-    code, _, err = _run(capsys, "--task", "gqa", "--predictions", preds, "--references", hf["source"],
-                        "--split", "testdev_balanced", "--out", str(out_json))
+    code, out, err = _run(capsys, "--task", "gqa", "--predictions", preds, "--references", hf["source"],
+                          "--split", "testdev_balanced", "--out", str(out_json))
     assert code == 0, err
+    assert f"references: {hf['source']}/testdev_balanced_instructions\n" in out     # the folder's file, named
     assert json.loads(out_json.read_text())["score"] == 100.0
     write_hf_gqa(tmp_path / "hf", fmt=fmt, split="val_balanced")
     capsys.readouterr()

@@ -3,6 +3,7 @@ official annotation files or a Hugging Face layout."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vlm_grades.errors import UserError
 
@@ -64,31 +65,34 @@ def register(subparsers) -> None:
 
 
 def load_references(args) -> tuple[dict, str]:
-    """The references of args.task from the flags, and a name for messages."""
+    """The references of args.task from the flags, and the file or folder they came from."""
     task = args.task
+    if task == "easyvqa":
+        from eval import easyvqa
+        split = args.split or "test"
+        return (easyvqa.read_references(args.references, split=split),
+                str(args.references) if args.references else f"the easy-vqa {split} split")
+    from eval import coco, gqa, vqav2
+
     if task == "vqav2":
+        if args.references and args.annotations:
+            raise UserError("--references/--annotations: give one of them")
         path = args.references or args.annotations
         if not path:
             raise UserError("--annotations: vqav2 needs the annotations JSON or --references PATH")
-        if args.references and args.annotations:
-            raise UserError("--references/--annotations: give one of them")
-        from eval import vqav2
-        return vqav2.read_references(path, questions=args.questions, split=args.split), str(path)
-    if task == "gqa":
+    elif task == "gqa":
         path = args.references or args.questions
         if not path:
             raise UserError("--references: gqa needs the questions JSON (or a Hugging Face layout)")
-        from eval import gqa
-        return gqa.read_references(path, split=args.split), str(path)
-    if task == "coco":
-        if not args.references:
+    else:
+        path = args.references
+        if not path:
             raise UserError("--references: coco needs captions_*.json, dataset_coco.json or a Hugging Face layout")
-        from eval import coco
-        return coco.read_references(args.references, split=args.split), str(args.references)
-    from eval import easyvqa
-    split = args.split or "test"
-    return (easyvqa.read_references(args.references, split=split),
-            str(args.references) if args.references else f"the easy-vqa {split} split")
+    module = {"vqav2": vqav2, "gqa": gqa, "coco": coco}[task]
+    where, split = module.locate(Path(path), args.split)   # a folder: the file in it, named in the output
+    if task == "vqav2":
+        return vqav2.read_references(str(where), questions=args.questions, split=split), str(where)
+    return module.read_references(str(where), split=split), str(where)
 
 
 def run(args) -> int:
@@ -103,6 +107,7 @@ def run(args) -> int:
                                   raw=args.raw, spice=args.spice, spice_corenlp=args.spice_corenlp)
     result["predictions"] = str(args.predictions)
     result["references"] = ref_name
+    print(f"references: {ref_name}")
     print(format_table(result))
     if args.out:
         from vlm_grades.run_folder import write_json_atomic
