@@ -212,7 +212,7 @@ def test_official_subfolders_and_the_files_used_are_printed(tmp_path, capsys):
         d[key].rename(tmp_path / "data" / sub / d[key].name)
     samples = load_samples("vqav2", str(tmp_path / "data"), split="val")
     assert len(samples) == 6
-    err = capsys.readouterr().err
+    out = capsys.readouterr().out
     assert (f"vqav2 val: questions {tmp_path}/data/Questions/v2_OpenEnded_mscoco_val2014_questions.json, "
             f"annotations {tmp_path}/data/Annotations/v2_mscoco_val2014_annotations.json, "
-            f"images {tmp_path}/data/images/val2014\n") in err
+            f"images {tmp_path}/data/images/val2014\n") in out

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -41,10 +40,11 @@ _announced: set[str] = set()
 
 
 def announce(line: str) -> None:
-    """Print (once per process, on stderr) which files a reader uses, so that a wrong one is never silent."""
+    """Print (once per process, on stdout: stderr is for the one-line errors) which files a reader uses, so
+    that a wrong one is never silent."""
     if line not in _announced:
         _announced.add(line)
-        print(line, file=sys.stderr, flush=True)
+        print(line, flush=True)
 
 
 def read_json(path: Path):
