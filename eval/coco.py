@@ -232,11 +232,30 @@ def hf_image_id(row: dict) -> Any:
     return row.get("id")
 
 
+def locate(path: Path, split: str | None) -> tuple[Path, str | None]:
+    """The captions file of `split` in an official folder (found as `vlm-grades train --data` finds it; without
+    a split, the folder's only captions_*.json, else dataset_coco.json), else `path` itself; and the split."""
+    from eval.formats import one_split
+    from vlm_grades.data import coco as data
+    from vlm_grades.data.files import find_file, official_files
+
+    if not path.is_dir():
+        return path, split
+    if split:
+        found = data.find_official(path, split)
+        return (found[1] if found else path), split
+    found = one_split(path, official_files(path, "captions_*.json"), "captions_", ".json")
+    return found or find_file(path, [data.KARPATHY], deep=False) or path, None
+
+
 def read_references(path: str, split: str | None = None) -> dict[str, list[str]]:
-    """captions_*.json (COCO annotations), Karpathy's dataset_coco.json (split default "test"), or a
-    Hugging Face layout with the lmms-lab/COCO-Caption2017 columns (question_id, answer list)."""
+    """captions_*.json (COCO annotations), Karpathy's dataset_coco.json (split default "test"), a
+    Hugging Face layout with the lmms-lab/COCO-Caption2017 columns (question_id, answer list), or a
+    folder holding one of them."""
     from eval.formats import is_table, read_json, read_table
 
+    where, split = locate(Path(path), split)
+    path = str(where)
     refs: dict[str, list[str]] = {}
     if is_table(path):
         rows = read_table(path, ["question_id", "answer", "file_name", "id"], split=split,
@@ -246,9 +265,8 @@ def read_references(path: str, split: str | None = None) -> dict[str, list[str]]
             key = hf_image_id(row)
             if key is None:
                 raise UserError(f"{path}: row {n} has no image id (file_name, question_id or id)")
-            for caption in answers:  # several rows of one image add references, once each
-                if not isinstance(caption, str) or caption not in refs.get(str(key), []):
-                    _add(refs, key, caption, f"{path}: row {n}")
+            for caption in answers:  # every one, as in the official JSON (annotators repeat captions)
+                _add(refs, key, caption, f"{path}: row {n}")
         if not refs:
             raise UserError(f"{path}: no captions")
         return refs

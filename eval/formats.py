@@ -197,6 +197,14 @@ def _check_columns(path, names, columns, optional) -> None:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(names)})")
 
 
+def one_split(folder: Path, files: list[Path], prefix: str, suffix: str) -> Path | None:
+    """The only official file of `files` (named prefix<split>suffix), None if none; several: choose with --split."""
+    if len(files) > 1:
+        names = ", ".join(f.name[len(prefix):-len(suffix)] for f in files)
+        raise UserError(f"{folder}: holds several splits; choose one with --split ({names})")
+    return files[0] if files else None
+
+
 def mean100(values: list[float]) -> float:
     """Mean as a percentage; 0 for no values."""
     return 100 * sum(values) / len(values) if values else 0.0

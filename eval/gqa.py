@@ -1,17 +1,20 @@
 """GQA accuracy as the official eval.py computes it: exact match over balanced questions, split into
 binary and open ("open" when the structural type is "query"), and per structural and semantic type.
 
-Predictions get the common preprocessing (LLaVA / lmms-eval: strip a trailing period, lowercase)
-unless `raw=True`, the official script's plain string comparison.
+The official script compares the strings as they are (prediction == answer): the default. `lmms_eval=True`
+first applies lmms-eval's (and LLaVA's) preprocessing to the prediction: strip, drop trailing periods, lowercase.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from eval.formats import mean100
 from vlm_grades.errors import UserError
 
 TASK = "gqa"
+PROTOCOLS = {"official": "official (prediction == answer)",
+             "lmms-eval": "lmms-eval (prediction stripped, trailing periods dropped, lowercased)"}
 
 
 def preprocess(prediction: str) -> str:
@@ -19,7 +22,7 @@ def preprocess(prediction: str) -> str:
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
-          raw: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
+          lmms_eval: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """Over the balanced references (each must have a prediction). Returns (summary x100, {id: 0/1})."""
     per_sample: dict[str, float] = {}
     split: dict[str, list[float]] = {"binary": [], "open": []}
@@ -28,7 +31,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
     for qid, ref in references.items():
         if not ref["is_balanced"]:
             continue
-        pred = predictions[qid] if raw else preprocess(predictions[qid])
+        pred = preprocess(predictions[qid]) if lmms_eval else predictions[qid]
         correct = 1.0 if pred == ref["answer"] else 0.0
         per_sample[qid] = correct
         split["open" if ref["structural"] == "query" else "binary"].append(correct)
@@ -42,7 +45,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         "per_semantic_type": {k: mean100(v) for k, v in sorted(semantic.items())},
         "n": len(per_sample), "n_binary": len(split["binary"]), "n_open": len(split["open"]),
         "unbalanced_skipped": sum(1 for r in references.values() if not r["is_balanced"]),
-        "preprocessing": "raw (official)" if raw else "strip trailing period, lowercase",
+        "protocol": "lmms-eval" if lmms_eval else "official",
     }
     return summary, per_sample
 
@@ -62,27 +65,65 @@ def _reference(row: dict, where: str) -> dict[str, Any]:
             "structural": types.get("structural"), "semantic": types.get("semantic")}
 
 
+def _splits_in(folder: Path) -> set[str]:
+    """The GQA splits a folder holds: official `<split>_questions.json` files, lmms-lab `<split>_instructions`."""
+    names = {p.name[:-len("_instructions")] for p in folder.glob("*_instructions") if p.is_dir()}
+    for pattern in ("*_questions.json", "*/*_questions.json", "*_questions"):
+        names |= {p.name.split("_questions")[0] for p in folder.glob(pattern)}
+    return names
+
+
+def locate(path: Path, split: str | None) -> tuple[Path, str | None]:
+    """Where the questions of `split` are, found as `vlm-grades train --data` finds them: the official questions
+    JSON (or its shards folder), else the `<split>_instructions` config of an lmms-lab/GQA folder, else `path`
+    itself. Returns (file or folder, the split still to pick inside a Hugging Face layout)."""
+    from vlm_grades.data import gqa as data
+
+    if not path.is_dir():
+        return path, split
+    if split is None:
+        splits = _splits_in(path)
+        if len(splits) > 1:
+            raise UserError(f"{path}: holds several splits; choose one with --split ({', '.join(sorted(splits))})")
+        if not splits:
+            return path, None           # the instructions folder itself, or parquet files
+        split = splits.pop()
+    name = data.full_split(split)
+    official = data.find_official(path, name)
+    if official is not None:
+        return official, None
+    if (path / f"{name}_instructions").is_dir():
+        return path / f"{name}_instructions", None
+    return path, split
+
+
 def read_references(path: str, split: str | None = None) -> dict[str, dict[str, Any]]:
     """The official questions JSON ({question id: {answer, isBalanced, types, ...}}) or a Hugging Face
-    layout with the lmms-lab/GQA *_instructions columns (id, answer, isBalanced, types)."""
+    layout with the lmms-lab/GQA *_instructions columns (id, answer, isBalanced, types); a folder holding
+    either (see `locate`)."""
     from eval.formats import is_table, key_of, read_json, read_table
+    from vlm_grades.data.gqa import read_questions
 
+    where, split = locate(Path(path), split)
     refs: dict[str, dict[str, Any]] = {}
-    if is_table(path):
-        for i, row in enumerate(read_table(path, ["id", "answer", "isBalanced", "types"], split=split,
+    if where.is_dir() and where.name.endswith("_questions"):     # the official shards folder
+        data = read_questions(where)
+    elif is_table(where):
+        for i, row in enumerate(read_table(where, ["id", "answer", "isBalanced", "types"], split=split,
                                            optional=("isBalanced", "types"))):
-            qid = key_of(row.get("id"), f"{path}: row {i}")
+            qid = key_of(row.get("id"), f"{where}: row {i}")
             if qid in refs:
-                raise UserError(f"{path}: duplicate question id {qid}")
-            refs[qid] = _reference(row, f"{path}: question {qid}")
+                raise UserError(f"{where}: duplicate question id {qid}")
+            refs[qid] = _reference(row, f"{where}: question {qid}")
+        data = {}
     else:
-        data = read_json(path)
+        data = read_json(where)
         if not isinstance(data, dict):
-            raise UserError(f"{path}: not a GQA questions file (expected an object keyed by question id)")
-        for qid, row in data.items():
-            refs[key_of(qid, str(path))] = _reference(row, f"{path}: question {qid}")
+            raise UserError(f"{where}: not a GQA questions file (expected an object keyed by question id)")
+    for qid, row in data.items():
+        refs[key_of(qid, str(where))] = _reference(row, f"{where}: question {qid}")
     if not refs:
-        raise UserError(f"{path}: no questions")
+        raise UserError(f"{where}: no questions")
     return refs
 
 

@@ -5,6 +5,8 @@ evaluate(adapter, samples, task, out_dir) writes to out_dir:
   <task>_predictions.json   the official result format
   <task>_samples.jsonl      one line per sample: id, prompt, prediction, references, score (and correct)
   <task>_scores.json        the scores (as returned)
+predict(...) writes the first two (no references, no score) and <task>_submission.json, the file a
+submission server takes (every question it expects, answered or empty).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def _check_task(task: str) -> None:
 
 def score_predictions(task: str, predictions: dict[str, str], references: dict[str, Any], *,
                       partial: bool = False, pred_name: str = "predictions", ref_name: str = "references",
-                      lenient: bool = False, raw: bool = False, spice: bool | None = None,
+                      lmms_eval: bool = False, raw: bool = False, spice: bool | None = None,
                       spice_corenlp: str | None = None, log: Callable[[str], None] | None = None
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Align ids, then score with the task's metric. Returns (result, per-sample scores).
@@ -45,9 +47,9 @@ def score_predictions(task: str, predictions: dict[str, str], references: dict[s
     refs = {k: r for k, r in references.items()
             if k in kept or (task == "gqa" and not r["is_balanced"])}  # gqa counts the unbalanced it skips
     if task == "vqav2":
-        metrics, per_sample = vqav2.score(kept, refs, lenient=lenient)
+        metrics, per_sample = vqav2.score(kept, refs, lmms_eval=lmms_eval)
     elif task == "gqa":
-        metrics, per_sample = gqa.score(kept, refs, raw=raw)
+        metrics, per_sample = gqa.score(kept, refs, lmms_eval=lmms_eval)
     elif task in ("easyvqa", "scenes"):   # scenes: the same exact match, per answer kind
         metrics, per_sample = easyvqa.score(kept, refs, raw=raw)
     elif task == "easyvqa-caption":
@@ -122,21 +124,37 @@ def generate(adapter, samples: list, batch_size: int = 16, max_new_tokens: int =
     return outputs
 
 
+def _generate_keyed(adapter, samples: list, task: str, batch_size: int, max_new_tokens: int | None,
+                   num_workers: int, progress: bool) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(sample keys, generated texts, generation statistics)."""
+    max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[task]
+    start = time.perf_counter()
+    texts = generate(adapter, samples, batch_size, max_new_tokens, num_workers, progress, desc=f"eval {task}")
+    seconds = time.perf_counter() - start
+    generation = {"samples": len(samples), "seconds": round(seconds, 3),
+                  "samples_per_s": round(len(samples) / seconds, 3) if seconds > 0 else None,
+                  "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    return [sample_key(task, s) for s in samples], texts, generation
+
+
+def _write_samples(path: Path, records) -> None:
+    with open(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
 def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size: int = 16,
              max_new_tokens: int | None = None, num_workers: int = 0, progress: bool = True,
              **score_options) -> dict[str, Any]:
     """Generate answers for `samples`, write them in the official format, score them (the same metric
-    functions as `vlm-grades score`). score_options: lenient (vqav2), raw (gqa, easyvqa), spice,
+    functions as `vlm-grades score`). score_options: lmms_eval (vqav2, gqa), raw (easyvqa), spice,
     spice_corenlp (coco). Returns the scores dict, also written to <task>_scores.json."""
     _check_task(task)
     if not samples:
         raise UserError(f"{task}: no samples to evaluate")
     references = references_from_samples(task, samples)  # validate before spending time generating
-    max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[task]
-    start = time.perf_counter()
-    texts = generate(adapter, samples, batch_size, max_new_tokens, num_workers, progress, desc=f"eval {task}")
-    seconds = time.perf_counter() - start
-    keys = [sample_key(task, s) for s in samples]
+    keys, texts, generation = _generate_keyed(adapter, samples, task, batch_size, max_new_tokens, num_workers,
+                                              progress)
     predictions = dict(zip(keys, texts))
 
     result, per_sample = score_predictions(task, predictions, references, pred_name=f"{task} generation",
@@ -146,17 +164,47 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
     files = {"predictions": out / f"{task}_predictions.json", "samples": out / f"{task}_samples.jsonl",
              "scores": out / f"{task}_scores.json"}
     formats.write_predictions(task, predictions, files["predictions"])
-    with open(files["samples"], "w") as f:
-        for s, k, text in zip(samples, keys, texts):
-            f.write(json.dumps(_sample_record(task, s, k, text, references, per_sample), ensure_ascii=False) + "\n")
-    result["generation"] = {"samples": len(samples), "seconds": round(seconds, 3),
-                            "samples_per_s": round(len(samples) / seconds, 3) if seconds > 0 else None,
-                            "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    _write_samples(files["samples"], (_sample_record(task, s, k, text, references, per_sample)
+                                      for s, k, text in zip(samples, keys, texts)))
+    result["generation"] = generation
     result["files"] = {k: str(v) for k, v in files.items()}
     from vlm_grades.run_folder import write_json_atomic
 
     write_json_atomic(files["scores"], result)
     return result
+
+
+def predict(adapter, samples: list, task: str, out_dir: str | Path, batch_size: int = 16,
+            max_new_tokens: int | None = None, num_workers: int = 0, progress: bool = True,
+            submission_ids: list[str] | None = None) -> dict[str, Any]:
+    """Generate answers without scoring them (a split without public answers). Writes <task>_predictions.json,
+    <task>_samples.jsonl and <task>_submission.json: the official result format over `submission_ids`
+    (default: the samples'), an empty answer for each id without a prediction, as the servers want every
+    question answered."""
+    _check_task(task)
+    if not samples:
+        raise UserError(f"{task}: no samples to predict")
+    if len({sample_key(task, s) for s in samples}) != len(samples):
+        raise UserError(f"{task} samples: duplicate sample ids")
+    keys, texts, generation = _generate_keyed(adapter, samples, task, batch_size, max_new_tokens, num_workers,
+                                              progress)
+    predictions = dict(zip(keys, texts))
+    ids = list(submission_ids) if submission_ids is not None else list(keys)
+    listed = set(ids)
+    ids += [k for k in keys if k not in listed]
+    submission = {k: predictions.get(k, "") for k in ids}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"predictions": out / f"{task}_predictions.json", "samples": out / f"{task}_samples.jsonl",
+             "submission": out / f"{task}_submission.json"}
+    formats.write_predictions(task, predictions, files["predictions"])
+    formats.write_predictions(task, submission, files["submission"])
+    _write_samples(files["samples"], ({"id": s.id, "prompt": s.prompt, "prediction": text}
+                                      for s, text in zip(samples, texts)))
+    answered = sum(1 for k in ids if k in predictions)
+    return {"task": task, "n": len(samples), "scored": False, "generation": generation,
+            "submission": {"questions": len(ids), "answered": answered, "empty": len(ids) - answered},
+            "files": {k: str(v) for k, v in files.items()}}
 
 
 def _sample_record(task, sample, key, text, references, per_sample) -> dict[str, Any]:
@@ -178,6 +226,8 @@ def format_table(result: dict[str, Any]) -> str:
     """A plain two-column table of a score_predictions/evaluate result."""
     m = result["metrics"]
     rows: list[tuple[str, str]] = [("task", result["task"]), ("scored", str(result["n"]))]
+    if "protocol" in m:
+        rows.append(("protocol", {"vqav2": vqav2, "gqa": gqa}[result["task"]].PROTOCOLS[m["protocol"]]))
 
     def add(name, value, indent=0):
         rows.append(("  " * indent + name, f"{value:.2f}" if isinstance(value, float) else str(value)))

@@ -4,8 +4,9 @@ Per question: the mean over the ten leave-one-out subsets of the human answers o
 min(1, matches among the other nine / 3). Answers and prediction are stripped (newlines and tabs
 become spaces); only when the ten answers are not all identical do both go through the official
 normalization (punctuation, periods, lowercase, number words, articles, contractions).
-`lenient=True` follows lmms-eval instead: the prediction always goes through its EvalAI answer
-processor, and the answers are always normalized too (so "Yes" matches ten "yes").
+`lmms_eval=True` follows lmms-eval's vqav2_process_results instead, which differs in one place: the
+prediction always goes through its EvalAI answer processor first (so "Yes" matches ten "yes", but
+"two" no longer matches ten "two": it became "2"); the answers are treated as officially.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from eval.formats import mean100
 from vlm_grades.errors import UserError
 
 TASK = "vqav2"
+PROTOCOLS = {"official": "official (answers and prediction normalized only when the ten answers differ)",
+             "lmms-eval": "lmms-eval (prediction always normalized, the ten answers only when they differ)"}
 PRED_FIELDS = ("question_id", "answer")
 
 # --- the official normalization -------------------------------------------------------------------
@@ -87,20 +90,13 @@ def lmms_eval_prediction(text: str) -> str:
 
 # --- accuracy -------------------------------------------------------------------------------------
 
-def question_accuracy(prediction: str, answers: list[str], lenient: bool = False) -> float:
+def question_accuracy(prediction: str, answers: list[str], lmms_eval: bool = False) -> float:
     """The official per-question accuracy in [0, 1] (ten human answers, leave-one-out)."""
     answers = [_strip(a) for a in answers]
-    differ = len(set(answers)) > 1
-    if lenient:
-        pred = lmms_eval_prediction(prediction)
+    pred = lmms_eval_prediction(prediction) if lmms_eval else _strip(prediction)
+    if len(set(answers)) > 1:
         answers = [normalize(a) for a in answers]
-        if differ:
-            pred = normalize(pred)
-    else:
-        pred = _strip(prediction)
-        if differ:
-            answers = [normalize(a) for a in answers]
-            pred = normalize(pred)
+        pred = normalize(pred)
     matches = sum(a == pred for a in answers)
     if not answers:
         return 0.0
@@ -110,14 +106,14 @@ def question_accuracy(prediction: str, answers: list[str], lenient: bool = False
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
-          lenient: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
+          lmms_eval: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     """Accuracy (x100) overall, per answer type and per question type, over the references' ids
     (every one must have a prediction). Returns (summary, per-question accuracy in [0, 1])."""
     per_sample: dict[str, float] = {}
     by_answer: dict[str, list[float]] = {}
     by_question: dict[str, list[float]] = {}
     for qid, ref in references.items():
-        acc = question_accuracy(predictions[qid], ref["answers"], lenient=lenient)
+        acc = question_accuracy(predictions[qid], ref["answers"], lmms_eval=lmms_eval)
         per_sample[qid] = acc
         by_answer.setdefault(ref.get("answer_type") or "unknown", []).append(acc)
         by_question.setdefault(ref.get("question_type") or "unknown", []).append(acc)
@@ -126,7 +122,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         "per_answer_type": {k: mean100(v) for k, v in sorted(by_answer.items())},
         "per_question_type": {k: mean100(v) for k, v in sorted(by_question.items())},
         "n": len(per_sample),
-        "normalization": "lenient (lmms-eval)" if lenient else "official",
+        "protocol": "lmms-eval" if lmms_eval else "official",
     }
     return summary, per_sample
 
@@ -165,11 +161,29 @@ def references_from_rows(rows: list[dict], name: str) -> dict[str, dict[str, Any
     return refs
 
 
+def locate(path: Path, split: str | None) -> tuple[Path, str | None]:
+    """The annotations JSON of `split` in an official folder (found as `vlm-grades train --data` finds it; without
+    a split, the folder's only one), else `path` itself. Returns (file or folder, the split still to pick)."""
+    from eval.formats import one_split
+    from vlm_grades.data.files import find_file, official_files
+    from vlm_grades.data.vqav2 import annotations_name
+
+    if not path.is_dir():
+        return path, split
+    if split:
+        found = find_file(path, [annotations_name(split)], deep=False)
+        return (found, None) if found else (path, split)
+    found = one_split(path, official_files(path, "v2_mscoco_*_annotations.json"), "v2_mscoco_", "_annotations.json")
+    return found or path, None
+
+
 def read_references(path: str, questions: str | None = None, split: str | None = None) -> dict[str, dict]:
     """Official annotations JSON ({"annotations": [...]}) or a Hugging Face layout (lmms-lab/VQAv2
-    columns). `questions`: the official questions JSON, checked against the annotations' ids."""
+    columns), or a folder holding either. `questions`: the official questions JSON, checked against the
+    annotations' ids."""
     from eval.formats import is_table, read_json, read_table
 
+    path, split = locate(Path(path), split)
     if is_table(path):
         rows = read_table(path, ["question_id", "answers", "answer_type", "question_type"], split=split)
     else:

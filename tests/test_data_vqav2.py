@@ -49,7 +49,7 @@ def test_image_dir_override(tmp_path):
 
 def test_test_dev_without_annotations(tmp_path):
     d = write_vqav2(tmp_path, split="test-dev", annotations=False)
-    with pytest.raises(UserError, match="annotations.json not found.*allow_unanswered"):
+    with pytest.raises(UserError, match="annotations.json not found.*--allow-unanswered"):
         load_samples("vqav2", d["source"], split="test-dev")
     samples = load_samples("vqav2", d["source"], split="test-dev", allow_unanswered=True)
     assert len(samples) == 6 and all(s.targets == [] for s in samples)
@@ -193,3 +193,26 @@ def test_hf_bad_image_bytes(tmp_path):
     assert "1 unreadable image bytes (question 25000: not a readable image" in samples.summary
     with pytest.raises(UserError, match="unreadable image bytes \\(question 25000"):
         load_samples("vqav2", str(tmp_path / "bad"), split="val", strict=True)
+
+
+def test_annotations_only_where_the_user_pointed(tmp_path, capsys):
+    """A folder of questions and images next to a sibling with a full set: never the sibling's annotations."""
+    write_vqav2(tmp_path / "full")
+    mine = write_vqav2(tmp_path / "mine", annotations=False)
+    with pytest.raises(UserError, match=rf"^{mine['source']}: v2_mscoco_val2014_annotations.json not found"):
+        load_samples("vqav2", mine["source"], split="val")
+    with pytest.raises(UserError, match="v2_mscoco_val2014_annotations.json not found"):
+        load_samples("vqav2", str(mine["questions"]), split="val")
+
+
+def test_official_subfolders_and_the_files_used_are_printed(tmp_path, capsys):
+    d = write_vqav2(tmp_path / "data" / "images")
+    for key, sub in (("questions", "Questions"), ("annotations", "Annotations")):
+        (tmp_path / "data" / sub).mkdir()
+        d[key].rename(tmp_path / "data" / sub / d[key].name)
+    samples = load_samples("vqav2", str(tmp_path / "data"), split="val")
+    assert len(samples) == 6
+    out = capsys.readouterr().out
+    assert (f"vqav2 val: questions {tmp_path}/data/Questions/v2_OpenEnded_mscoco_val2014_questions.json, "
+            f"annotations {tmp_path}/data/Annotations/v2_mscoco_val2014_annotations.json, "
+            f"images {tmp_path}/data/images/val2014\n") in out

@@ -20,8 +20,8 @@ REFS = {
 
 def test_binary_open_split_over_balanced_questions():
     preds = {"a": "Yes.", "b": "yes", "c": "left", "d": "blue", "e": "table", "u": "cup"}
-    summary, per_sample = gqa.score(preds, REFS)
-    # balanced: a b c d e; correct: a (after preprocessing), c, e
+    summary, per_sample = gqa.score(preds, REFS, lmms_eval=True)
+    # balanced: a b c d e; correct: a (after lmms-eval's preprocessing), c, e
     assert per_sample == {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": 1.0}
     assert summary["accuracy"] == pytest.approx(60.0)
     # open = structural "query" (c, d); binary = the rest (a, b, e)
@@ -31,13 +31,15 @@ def test_binary_open_split_over_balanced_questions():
         {"choose": 100.0, "logical": 0.0, "query": 50.0, "verify": 100.0})
     assert summary["per_semantic_type"] == pytest.approx({"attr": 50.0, "cat": 100.0, "obj": 0.0, "rel": 100.0})
     assert summary["unbalanced_skipped"] == 1 and summary["n"] == 5
+    assert summary["protocol"] == "lmms-eval"
 
 
-def test_raw_mode_is_plain_string_equality():
-    preds = {"a": "Yes.", "b": "no", "c": "left ", "d": "red", "e": "table"}
-    summary, per_sample = gqa.score(preds, {k: v for k, v in REFS.items() if k != "u"}, raw=True)
+def test_default_is_the_official_plain_string_equality():
+    preds = {"a": "Yes.", "b": "no", "c": "left ", "d": "red", "e": "table", "u": "Cup"}
+    summary, per_sample = gqa.score(preds, REFS)
     assert per_sample == {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0, "e": 1.0}
-    assert summary["accuracy"] == pytest.approx(60.0)
+    assert summary["accuracy"] == pytest.approx(60.0) and summary["protocol"] == "official"
+    assert gqa.score(preds, REFS, lmms_eval=True)[0]["accuracy"] == pytest.approx(100.0)
 
 
 def test_gqa_preprocessing():

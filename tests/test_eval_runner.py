@@ -76,8 +76,10 @@ def test_evaluate_gqa_and_easyvqa(tmp_path):
     samples = [Sample(id=f"g{i}", image="x.png", prompt=f"P{i}", targets=[a], task="gqa",
                       meta={"is_balanced": i != 2, "types": {"structural": s, "semantic": m}})
                for i, (a, (s, m)) in enumerate(zip(["yes", "left", "cup"], types))]
-    result = runner.evaluate(FakeAdapter({"P0": "Yes.", "P1": "right", "P2": "cup"}), samples, "gqa", tmp_path,
-                             progress=False)
+    adapter = FakeAdapter({"P0": "Yes.", "P1": "right", "P2": "cup"})
+    result = runner.evaluate(adapter, samples, "gqa", tmp_path, progress=False)
+    assert result["score"] == 0.0 and result["metrics"]["protocol"] == "official"    # "Yes." is not "yes"
+    result = runner.evaluate(adapter, samples, "gqa", tmp_path, progress=False, lmms_eval=True)
     assert result["score"] == 50.0 and result["metrics"]["binary"] == 100.0 and result["metrics"]["open"] == 0.0
     assert result["metrics"]["unbalanced_skipped"] == 1
     written = json.loads((tmp_path / "gqa_predictions.json").read_text())
@@ -152,3 +154,79 @@ def test_evaluate_coco(tmp_path):
     assert written == [{"image_id": 5, "caption": "a cat on a mat"}, {"image_id": 6, "caption": "a cat on a mat"}]
     line = json.loads((tmp_path / "coco_samples.jsonl").read_text().splitlines()[0])
     assert set(line["score"]) >= {"Bleu_4", "METEOR", "CIDEr"}
+
+
+class Echo(FakeAdapter):
+    """Answers each question with the id written in it ("... thing 9001?", "Is the object 20000001 on ...")."""
+
+    def __init__(self):
+        super().__init__({})
+
+    def generate(self, batch, max_new_tokens):
+        return [p.split("thing ")[-1].split("object ")[-1].split("?")[0].split(" ")[0] for p in batch["prompts"]]
+
+
+def _eval(monkeypatch, capsys, *argv):
+    import vlm_grades.models
+    from vlm_grades.cli import main
+
+    monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Echo())
+    code = main(["eval", "--model", "ckpt", "--no-progress", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_vqav2_test_dev_submission_covers_every_test2015_question(monkeypatch, capsys, tmp_path):
+    from fixtures_data import write_vqav2
+
+    dev = write_vqav2(tmp_path / "vqa", split="test-dev", annotations=False)
+    full = write_vqav2(tmp_path / "vqa", split="test", annotations=False, image_ids=(9, 25, 42, 77))
+    out = tmp_path / "out"
+    argv = ("--task", "vqav2", "--data", str(tmp_path / "vqa"), "--split", "test-dev", "--out", str(out))
+    code, _, err = _eval(monkeypatch, capsys, *argv)
+    assert code == 2 and "--allow-unanswered" in err and not out.exists()
+
+    code, stdout, err = _eval(monkeypatch, capsys, *argv, "--allow-unanswered")
+    assert code == 0, err
+    submission = json.loads((out / "vqav2_submission.json").read_text())
+    # the six test-dev questions answered, the two other test2015 questions empty, in the test2015 file's order
+    assert submission == [{"question_id": q, "answer": str(q) if q in dev["question_ids"] else ""}
+                          for q in full["question_ids"]]
+    assert len(json.loads((out / "vqav2_predictions.json").read_text())) == 6
+    assert not (out / "vqav2_scores.json").exists()
+    assert "not scored" in stdout and "8 questions (6 answered, 2 empty)" in stdout
+    assert "v2_OpenEnded_mscoco_test2015_questions.json" in stdout
+
+    # without the test2015 questions file: the test-dev questions only, and a note saying what the server expects
+    (tmp_path / "vqa" / "v2_OpenEnded_mscoco_test2015_questions.json").unlink()
+    code, stdout, err = _eval(monkeypatch, capsys, *argv, "--allow-unanswered")
+    assert code == 0, err
+    submission = json.loads((out / "vqav2_submission.json").read_text())
+    assert submission == [{"question_id": q, "answer": str(q)} for q in dev["question_ids"]]
+    assert "every test2015 question" in err and "v2_OpenEnded_mscoco_test2015_questions.json" in err
+
+
+def test_gqa_questions_without_answers_give_a_predictions_file(monkeypatch, capsys, tmp_path):
+    from fixtures_data import write_gqa
+
+    d = write_gqa(tmp_path / "gqa")
+    records = {q: {k: v for k, v in r.items() if k not in ("answer", "fullAnswer")} for q, r in d["records"].items()}
+    d["questions"].write_text(json.dumps(records))
+    out = tmp_path / "out"
+    argv = ("--task", "gqa", "--data", d["source"], "--split", "testdev_balanced", "--out", str(out))
+    code, _, err = _eval(monkeypatch, capsys, *argv)
+    assert code == 2 and "missing field 'answer'" in err
+    code, stdout, err = _eval(monkeypatch, capsys, *argv, "--allow-unanswered")
+    assert code == 0, err
+    assert json.loads((out / "gqa_submission.json").read_text()) == [
+        {"questionId": q, "prediction": q} for q in d["question_ids"]]
+    assert "not scored" in stdout and "6 questions (6 answered, 0 empty)" in stdout
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("--task", "coco", "--data", "x"), "--allow-unanswered: only for vqav2 and gqa"),
+    (("--task", "gqa", "--data", "x", "--lmms-eval"), "--allow-unanswered: predictions are not scored"),
+])
+def test_allow_unanswered_bad_combinations(monkeypatch, capsys, argv, message):
+    code, _, err = _eval(monkeypatch, capsys, *argv, "--allow-unanswered")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -63,17 +63,32 @@ def test_vqav2_official_files(capsys, vqa_files):
     assert "accuracy" in out and "86.67" in out and "how many" in out
 
 
-def test_vqav2_lenient(capsys, vqa_files, tmp_path):
+def test_vqav2_lmms_eval(capsys, vqa_files, tmp_path):
     _, annotations, _, _ = vqa_files
+    # 10 (ten "yes"): "Yes" is 0 officially, 1 in lmms-eval (its prediction is lowercased); 11: "3" matches 8 of
+    # "2" x2 + "3" x8 -> 1; 20 (nine "red", "dark red"): "red" -> 1
     preds = _write(tmp_path / "r.json", [{"question_id": 10, "answer": "Yes"}, {"question_id": 11, "answer": "3"},
                                          {"question_id": 20, "answer": "red"}])
     out_json = tmp_path / "s.json"
-    assert _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations,
-                "--out", str(out_json))[0] == 0
-    assert json.loads(out_json.read_text())["score"] == pytest.approx(200 / 3)
-    assert _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations, "--lenient",
-                "--out", str(out_json))[0] == 0
-    assert json.loads(out_json.read_text())["score"] == pytest.approx(100.0)
+    code, out, _ = _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations,
+                        "--out", str(out_json))
+    assert code == 0 and json.loads(out_json.read_text())["score"] == pytest.approx(200 / 3)
+    assert json.loads(out_json.read_text())["metrics"]["protocol"] == "official"
+    assert "protocol" in out and "official" in out
+    code, out, _ = _run(capsys, "--task", "vqav2", "--predictions", preds, "--annotations", annotations,
+                        "--lmms-eval", "--out", str(out_json))
+    assert code == 0 and json.loads(out_json.read_text())["score"] == pytest.approx(100.0)
+    assert json.loads(out_json.read_text())["metrics"]["protocol"] == "lmms-eval"
+    assert "lmms-eval" in out
+    # ten "two" against a prediction "two": 1 officially, 0 in lmms-eval
+    anns = _write(tmp_path / "a.json", {"annotations": [{"question_id": 1, "question_type": "how many",
+                                                          "answer_type": "number", "multiple_choice_answer": "two",
+                                                          "answers": [{"answer": "two"}] * 10}]})
+    two = _write(tmp_path / "two.json", [{"question_id": 1, "answer": "two"}])
+    for flags, score in (((), 100.0), (("--lmms-eval",), 0.0)):
+        assert _run(capsys, "--task", "vqav2", "--predictions", two, "--annotations", anns, *flags,
+                    "--out", str(out_json))[0] == 0
+        assert json.loads(out_json.read_text())["score"] == score
 
 
 def test_vqav2_hugging_face_layouts(tmp_path, vqa_files):
@@ -116,11 +131,18 @@ def test_gqa_official_and_hugging_face(capsys, tmp_path):
     preds = _write(tmp_path / "p.json", [{"questionId": "q1", "prediction": "Yes."},
                                          {"questionId": "q2", "prediction": "right"}])
     out_json = tmp_path / "s.json"
-    assert _run(capsys, "--task", "gqa", "--predictions", preds, "--questions", qfile, "--out", str(out_json))[0] == 0
+    # the official metric: "Yes." is not "yes"
+    code, out, _ = _run(capsys, "--task", "gqa", "--predictions", preds, "--questions", qfile, "--out", str(out_json))
+    assert code == 0 and "official (prediction == answer)" in out
+    result = json.loads(out_json.read_text())
+    assert result["score"] == 0.0 and result["metrics"]["protocol"] == "official"
+    code, out, _ = _run(capsys, "--task", "gqa", "--predictions", preds, "--references", qfile, "--lmms-eval",
+                        "--out", str(out_json))
+    assert code == 0 and "lmms-eval" in out
     result = json.loads(out_json.read_text())
     assert result["score"] == 50.0 and result["metrics"]["binary"] == 100.0 and result["metrics"]["open"] == 0.0
     assert _run(capsys, "--task", "gqa", "--predictions", preds, "--references", qfile, "--raw",
-                "--out", str(out_json))[0] == 0
+                "--out", str(out_json))[0] == 0          # the default, named as before
     assert json.loads(out_json.read_text())["score"] == 0.0
 
     import pyarrow as pa
@@ -211,6 +233,8 @@ def test_reference_file_errors(capsys, vqa_files, tmp_path):
     qs = _write(tmp_path / "q.json", {"questions": [{"question_id": 10}]})
     assert "do not match" in _error(capsys, "--task", "vqav2", "--predictions", preds, "--annotations",
                                     annotations, "--questions", qs)
+    assert "--lmms-eval: only for vqav2 and gqa, not coco" in _error(capsys, "--task", "coco", "--predictions",
+                                                                      preds, "--lmms-eval")
     gq = _write(tmp_path / "g.json", ["not", "a", "dict"])
     gp = _write(tmp_path / "gp.json", [{"questionId": "1", "prediction": "x"}])
     assert "not a GQA questions file" in _error(capsys, "--task", "gqa", "--predictions", gp, "--references", gq)
@@ -229,3 +253,68 @@ def test_coco_mismatch_fails_before_starting_java(capsys, tmp_path):
     assert "duplicate image_id 1" in _error(capsys, "--task", "coco", "--predictions", preds, "--references", refs)
     preds = _write(tmp_path / "p2.json", [{"image_id": 1, "caption": "a"}])
     assert "1 of the 2 ids" in _error(capsys, "--task", "coco", "--predictions", preds, "--references", refs)
+
+
+def test_coco_hugging_face_references_keep_every_caption(tmp_path):
+    """COCO keeps a caption that a second annotator wrote word for word: so must both readers of the layout."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fixtures_data import image_bytes
+    from vlm_grades.data import load_samples
+
+    def row(image_id, answer):
+        return {"question_id": f"{image_id:012d}.jpg", "image": {"bytes": image_bytes(image_id, "JPEG"), "path": None},
+                "answer": answer, "id": image_id, "file_name": f"{image_id:012d}.jpg"}
+
+    rows = [row(1, ["a cat", "a cat", "a cat on a mat"]),
+            row(2, ["a dog"]), row(2, ["a dog"]), row(2, ["a brown dog"])]   # one caption per row
+    (tmp_path / "hf").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hf" / "val-00000-of-00001.parquet")
+    expected = {"1": ["a cat", "a cat", "a cat on a mat"], "2": ["a dog", "a dog", "a brown dog"]}
+    assert coco.read_references(str(tmp_path / "hf"), split="val") == expected
+    samples = load_samples("coco", str(tmp_path / "hf"), split="val")
+    assert {s.id: s.targets for s in samples} == expected
+
+
+@pytest.mark.parametrize("fmt", ["disk", "parquet"])
+def test_gqa_accepts_the_folders_train_accepts(capsys, tmp_path, fmt):
+    """The lmms-lab/GQA folder (*_instructions + *_images configs) and the official folder, as `train --data`."""
+    from fixtures_data import write_gqa, write_hf_gqa
+
+    hf = write_hf_gqa(tmp_path / "hf", fmt=fmt)
+    official = write_gqa(tmp_path / "official")
+    expected = gqa.read_references(str(official["questions"]))
+    assert len(expected) == 6
+    for folder in (hf["source"], official["source"]):
+        assert gqa.read_references(folder, split="testdev") == expected
+        assert gqa.read_references(folder) == expected                  # the folder's only split
+    preds = _write(tmp_path / "p.json", [{"questionId": q, "prediction": a} for q, a in hf["answers"].items()])
+    out_json = tmp_path / "s.json"
+    code, out, err = _run(capsys, "--task", "gqa", "--predictions", preds, "--references", hf["source"],
+                          "--split", "testdev_balanced", "--out", str(out_json))
+    assert code == 0, err
+    assert f"references: {hf['source']}/testdev_balanced_instructions\n" in out     # the folder's file, named
+    assert json.loads(out_json.read_text())["score"] == 100.0
+    write_hf_gqa(tmp_path / "hf", fmt=fmt, split="val_balanced")
+    capsys.readouterr()
+    line = _error(capsys, "--task", "gqa", "--predictions", preds, "--references", hf["source"])
+    assert "several splits" in line and "testdev_balanced" in line and "val_balanced" in line and "--split" in line
+
+
+def test_vqav2_and_coco_accept_the_official_folders_train_accepts(capsys, tmp_path):
+    from fixtures_data import write_coco, write_coco_karpathy, write_vqav2
+
+    d = write_vqav2(tmp_path / "vqa")
+    expected = vqav2.read_references(str(d["annotations"]))
+    assert vqav2.read_references(d["source"], split="val") == expected
+    assert vqav2.read_references(d["source"]) == expected                  # the folder's only split
+    write_vqav2(tmp_path / "vqa", split="train")
+    with pytest.raises(UserError, match="several splits; choose one with --split .*train2014, val2014"):
+        vqav2.read_references(d["source"])
+
+    c = write_coco(tmp_path / "coco")
+    expected = coco.read_references(str(c["annotations"]))
+    assert coco.read_references(c["source"], split="val") == expected == coco.read_references(c["source"])
+    k = write_coco_karpathy(tmp_path / "karpathy")
+    assert coco.read_references(k["source"], split="test") == coco.read_references(str(k["file"]), split="test")

@@ -75,12 +75,22 @@ def test_no_normalization_when_all_ten_answers_identical():
     assert vqav2.question_accuracy("T-Shirt", ["t-shirt"] * 5 + ["t shirt"] * 5) == 1.0
 
 
-def test_lenient_always_normalizes():
-    assert vqav2.question_accuracy("Yes", ["yes"] * 10, lenient=True) == 1.0
-    assert vqav2.question_accuracy("Two.", ["2"] * 10, lenient=True) == 1.0
-    assert vqav2.question_accuracy("T-Shirt", ["t-shirt"] * 10, lenient=True) == 1.0
-    assert vqav2.question_accuracy("Yes", ["yes"] * 9 + ["no"], lenient=True) == 1.0
-    assert vqav2.question_accuracy("no", ["yes"] * 10, lenient=True) == 0.0
+@pytest.mark.parametrize("prediction,answers,official,lmms_eval", [
+    # lmms-eval always runs its answer processor on the prediction, the answers only when they differ
+    ("2", ["two"] * 10, 0.0, 0.0),
+    ("two", ["two"] * 10, 1.0, 0.0),            # its prediction became "2", the ten "two" stay
+    ("Yes", ["yes"] * 10, 0.0, 1.0),             # lowercased
+    ("yes.", ["yes"] * 10, 0.0, 1.0),            # period dropped
+    ("T-Shirt", ["t-shirt"] * 10, 0.0, 0.0),     # "t shirt" against ten untouched "t-shirt"
+    ("T-Shirt", ["t-shirt"] * 5 + ["t shirt"] * 5, 1.0, 1.0),
+    ("Yes", ["yes"] * 9 + ["no"], 1.0, 1.0),
+    ("two", ["2"] * 9 + ["3"], 1.0, 1.0),
+    ("it's red, I think?", ["it's red i think"] * 10, 0.0, 0.0),   # "it 's red i think"
+    ("no", ["yes"] * 10, 0.0, 0.0),
+])
+def test_official_and_lmms_eval_rules(prediction, answers, official, lmms_eval):
+    assert vqav2.question_accuracy(prediction, answers) == pytest.approx(official)
+    assert vqav2.question_accuracy(prediction, answers, lmms_eval=True) == pytest.approx(lmms_eval)
 
 
 def test_score_overall_and_breakdowns():

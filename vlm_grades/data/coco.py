@@ -167,8 +167,8 @@ def load_hf(source: str, split: str, issues: Issues, template: str, *, shuffle: 
             continue
         refs = row.get("answer")
         refs = [refs] if isinstance(refs, str) else [r.strip() for r in refs or [] if isinstance(r, str)]
-        if image_id in seen:            # one Sample per image: further rows add references
-            seen[image_id].targets.extend(r for r in refs if r not in seen[image_id].targets)
+        if image_id in seen:            # one Sample per image: further rows add their references, all of them
+            seen[image_id].targets.extend(refs)
             continue
         if not refs and not allow_unanswered:
             issues.skip("missing answer", f"image {image_id} has no reference captions (pass allow_unanswered "

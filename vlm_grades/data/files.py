@@ -12,20 +12,39 @@ from vlm_grades.errors import UserError
 ANNOTATION_DIRS = ("", "annotations", "Annotations", "questions", "Questions", "questions1.2", "karpathy")
 
 
-def find_file(root: Path, names: Iterable[str], subdirs: Iterable[str] = ANNOTATION_DIRS) -> Path | None:
-    """The first of `names` in root or its usual sub-folders, else anywhere up to 3 levels down."""
+def find_file(root: Path, names: Iterable[str], subdirs: Iterable[str] = ANNOTATION_DIRS,
+              deep: bool = True) -> Path | None:
+    """The first of `names` in root or its usual sub-folders, else (deep) anywhere up to 3 levels down."""
     names = list(names)
     for sub in subdirs:
         for name in names:
             p = root / sub / name if sub else root / name
             if p.exists():
                 return p
+    if not deep:
+        return None
     for name in names:
         for depth in ("*/", "*/*/", "*/*/*/"):
             hits = sorted(root.glob(depth + name))
             if hits:
                 return hits[0]
     return None
+
+
+def official_files(root: Path, pattern: str) -> list[Path]:
+    """The files matching `pattern` in root and its usual sub-folders (one per split, e.g. captions_*.json)."""
+    return [p for sub in ANNOTATION_DIRS for p in sorted((root / sub).glob(pattern)) if p.is_file()]
+
+
+_announced: set[str] = set()
+
+
+def announce(line: str) -> None:
+    """Print (once per process, on stdout: stderr is for the one-line errors) which files a reader uses, so
+    that a wrong one is never silent."""
+    if line not in _announced:
+        _announced.add(line)
+        print(line, flush=True)
 
 
 def read_json(path: Path):

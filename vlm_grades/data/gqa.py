@@ -53,7 +53,8 @@ def _missing(rec, allow_unanswered: bool) -> str | None:
 
 # ---------------------------------------------------------------- official JSON
 
-def _read_questions(path: Path) -> dict:
+def read_questions(path: Path) -> dict:
+    """The questions JSON, or a folder of its shards (train_all_questions/), as one dict keyed by question id."""
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]   # train_all_questions/ is sharded
     questions: dict = {}
     for f in files:
@@ -66,7 +67,7 @@ def _read_questions(path: Path) -> dict:
 
 def load_official(questions_path: Path, split: str, issues: Issues, template: str, *, shuffle: bool, seed: int,
                   allow_unanswered: bool, image_dir: str | None) -> Iterator[Sample]:
-    questions = _read_questions(questions_path)
+    questions = read_questions(questions_path)
     qids = list(questions)
     root = questions_path.parent
 

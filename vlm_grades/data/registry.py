@@ -104,6 +104,9 @@ def _reader(task, source, split, issues, template, *, shuffle, seed, streaming, 
                 kind, found = found
                 load = coco.load_karpathy if kind == "karpathy" else coco.load_official
                 return load(found, split, issues, template, image_dir=image_dir, **common)
+            if task == "vqav2":   # looks for annotations and images only where the user pointed
+                return vqav2.load_official(found, split, issues, template, image_dir=image_dir, data_root=path,
+                                           **common)
             return module.load_official(found, split, issues, template, image_dir=image_dir, **common)
         if hf.is_local_hf(path):
             return _hf(module, str(path), split, issues, template, streaming, config, common)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from vlm_grades.data import hf
-from vlm_grades.data.files import find_file, pick_image_dir, read_json, require_key
+from vlm_grades.data.files import announce, find_file, pick_image_dir, read_json, require_key
 from vlm_grades.data.issues import Issues
 from vlm_grades.data.prompts import render
 from vlm_grades.data.schema import Sample
@@ -38,6 +38,10 @@ def _infixes(split: str) -> tuple[str, str]:
     if split in SPLITS:
         return SPLITS[split]
     return split, split.replace("test-dev", "test")   # e.g. "val2014", "test-dev2015"
+
+
+def annotations_name(split: str) -> str:
+    return f"v2_mscoco_{_infixes(split)[0]}_annotations.json"
 
 
 def expected(split: str) -> str:
@@ -102,15 +106,30 @@ def _image_name(img_folder: str, image_id: int) -> list[str]:
     return [f"COCO_{img_folder}_{image_id:012d}.jpg", f"{image_id:012d}.jpg"]
 
 
+def _searched(questions_path: Path, data_root: Path | None) -> list[Path]:
+    """The folders the user pointed at: the questions file's folder, then the --data folder above it."""
+    folders = [questions_path.parent]
+    if data_root is not None:
+        data_root = data_root if data_root.is_dir() else data_root.parent
+        if data_root.resolve() != folders[0].resolve():
+            folders.append(data_root)
+    return folders
+
+
 def load_official(questions_path: Path, split: str, issues: Issues, template: str, *, shuffle: bool, seed: int,
-                  allow_unanswered: bool, image_dir: str | None) -> Iterator[Sample]:
+                  allow_unanswered: bool, image_dir: str | None, data_root: Path | None = None) -> Iterator[Sample]:
+    """data_root: the folder (or file) the user named; annotations and images are looked for there and in
+    the questions file's folder, never above it (a sibling folder's annotations would score silently)."""
     q_infix, img_folder = _infixes(split)
     root = questions_path.parent
-    ann_path = find_file(root, [f"v2_mscoco_{q_infix}_annotations.json"]) or \
-        find_file(root.parent, [f"v2_mscoco_{q_infix}_annotations.json"])
+    searched = _searched(questions_path, data_root)
+    ann_name = annotations_name(split)
+    ann_path = find_file(root, [ann_name]) or next(
+        (p for folder in searched[1:] if (p := find_file(folder, [ann_name], deep=False))), None)
     if ann_path is None and not allow_unanswered:
-        raise UserError(f"{root}: v2_mscoco_{q_infix}_annotations.json not found next to {questions_path.name}; "
-                        f"pass allow_unanswered (--allow-unanswered) to load the questions for prediction only")
+        where = f"next to {questions_path.name}" if len(searched) == 1 else f"there or next to {questions_path}"
+        raise UserError(f"{searched[-1]}: {ann_name} not found {where}; "
+                        f"`vlm-grades eval --allow-unanswered` predicts without answers (no score)")
     questions = require_key(read_json(questions_path), "questions", questions_path)
     anns = _index_annotations(ann_path, issues) if ann_path else {}
 
@@ -126,10 +145,12 @@ def load_official(questions_path: Path, split: str, issues: Issues, template: st
     if image_dir:
         folders = [Path(image_dir), Path(image_dir) / img_folder]
     else:
-        folders = [b / sub for b in (root, root.parent) for sub in
+        folders = [b / sub for b in searched for sub in
                    (img_folder, f"images/{img_folder}", f"Images/{img_folder}", "images", "")]
     folder = pick_image_dir(folders, questions[:20], path_in,
                             f"{root}/{img_folder}/COCO_{img_folder}_<image_id:012d>.jpg")
+    announce(f"vqav2 {split}: questions {questions_path}, annotations "
+             f"{ann_path or 'none (questions only, for prediction)'}, images {folder}")
 
     order = list(range(len(questions)))
     if shuffle:
@@ -217,3 +238,28 @@ def find_official(path: Path, split: str) -> Path | None:
         return path if path.suffix == ".json" else None
     q_infix, _ = _infixes(split)
     return find_file(path, [f"v2_OpenEnded_mscoco_{q_infix}_questions.json"])
+
+
+# ---------------------------------------------------------------- submissions
+
+TEST_QUESTIONS = "v2_OpenEnded_mscoco_test2015_questions.json"
+
+
+def submission_question_ids(source: str, split: str) -> tuple[list[str], Path] | None:
+    """For test-dev and test: the question ids EvalAI's VQAv2 server wants answered (every question of
+    v2_OpenEnded_mscoco_test2015_questions.json, test-dev being part of it) and that file, looked for only
+    where the user pointed; None for another split or when the file is not there."""
+    if _infixes(split)[0] not in ("test-dev2015", "test2015"):
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    found = find_file(path if path.is_dir() else path.parent, [TEST_QUESTIONS])
+    if found is None:
+        return None
+    ids = []
+    for i, q in enumerate(require_key(read_json(found), "questions", found)):
+        if not isinstance(q, dict) or q.get("question_id") is None:
+            raise UserError(f"{found}: question #{i} has no question_id")
+        ids.append(str(q["question_id"]))
+    return ids, found
