@@ -12,7 +12,8 @@ from vlm_grades.errors import UserError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="generate answers with a model and score them", description=__doc__)
-    p.add_argument("--task", required=True, choices=["vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption", "scenes"],
+    p.add_argument("--task", required=True,
+                   choices=["vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption", "scenes"],
                    help="benchmark (easyvqa-caption: exact-match and colour/shape accuracy of the captions; "
                         "scenes: the shipped base's stage-1 corpus)")
     p.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT",
