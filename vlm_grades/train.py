@@ -295,7 +295,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         run.write_json("components.json", trainer.registry.to_json(trainer.module))
         # every GradES setting, not only those given: a replay or report must see the rule the run used
         resolved = dataclasses.replace(cfg, grades=trainer.grades.config.to_dict()) if trainer.grades else cfg
-        (run.path / "config.yaml").write_text(resolved.to_yaml())
+        run.write_text("config.yaml", resolved.to_yaml())   # rewritten on resume: atomically
         if cfg.report_to:
             accelerator.init_trackers(run.path.name, config={k: v for k, v in cfg.to_dict().items()
                                                             if isinstance(v, (int, float, str, bool))})
