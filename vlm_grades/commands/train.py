@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 S = argparse.SUPPRESS  # unset flags stay out of the namespace, so YAML values are not overridden
+DIVERGED = 3           # exit status of a run whose loss or weights became non-finite
 
 
 def _csv(value: str) -> list[str]:
@@ -165,6 +166,11 @@ def run(args: argparse.Namespace) -> int:
     line = f"run {summary['run']}: {summary['steps']}/{summary['planned_steps']} steps in " \
            f"{summary['wall_time']:.0f} s ({summary['stop_reason']})"
     print(line)
+    if summary.get("diverged"):
+        import sys
+
+        print(f"vlm-grades train: error: {summary['diverged']}", file=sys.stderr)
+        return DIVERGED
     if "eval" in summary:
         print(f"held-out {cfg.task} {cfg.eval_split}: score {summary['eval'].get('score', float('nan')):.2f}")
     return 0
