@@ -3,6 +3,7 @@ ends exactly where an uninterrupted run ends (weights bit for bit, the same free
 checkpoint folders are never picked; `--resume` without a checkpoint is a one-line error."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -172,3 +173,34 @@ def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--out" in err
+
+
+# GradES stops at step 9 of 30 (60% of the matrices frozen); periodic checkpoints at 4 and 8
+EARLY = ["--max-samples", "64", "--batch-size", "8", "--steps", "30", "--checkpoint-every", "4", "--eval-split=",
+         "--no-progress", "--seed", "1", "--mix-fraction", "0", "--alpha", "6", "--patience", "1", "--smoothing", "0",
+         "--auto-window", "3", "--rho", "0.5", "--stop-fraction", "0.6"]
+
+
+def test_an_early_stop_writes_a_checkpoint_at_the_stop_step_that_resumes(tmp_path, capsys):
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    assert main(["train", *EARLY, "--out", str(run)]) == 0
+    (stop,) = [e for e in RunFolder(run).read("events") if e["type"] == "stop"]
+    assert 4 < stop["step"] < 30 and "frozen" in stop["reason"], stop
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    assert checkpoint == run / "checkpoints" / f"step-{stop['step']}"
+    assert ("checkpoint", stop["step"], None, None, None) in history(run)
+    loop = json.loads((checkpoint / STATE_FILE).read_text())["loop"]
+    assert loop["step"] == stop["step"] and loop["stop_reason"] == stop["reason"]
+
+    # resumed from it (final/ deleted: a finished run is not resumed), the run ends at the same step, same model
+    (reference / "final").mkdir(parents=True)
+    shutil.copy(run / "final" / "model.safetensors", reference / "final")
+    shutil.rmtree(run / "final")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {checkpoint} at step {stop['step']}" in out
+    assert f"{stop['step']}/30 steps" in out
+    assert_same_weights(reference, run)
+    events = RunFolder(run).read("events")
+    assert [e["type"] for e in events].count("stop") == 1 and [e["type"] for e in events].count("end") == 1

@@ -277,11 +277,11 @@ class Trainer:
 
     # checkpoints --------------------------------------------------------------------------------
     def _checkpoint_due(self) -> bool:
-        """Every --checkpoint-every steps."""
+        """Every --checkpoint-every steps, and at the step of an early stop, so it can be resumed and compared."""
         state = self.state
-        if state.stop_reason is not None or state.step >= self.cfg.steps:
+        if state.diverged or state.step >= self.cfg.steps:
             return False
-        return state.step % self.cfg.checkpoint_every == 0
+        return state.stop_reason is not None or state.step % self.cfg.checkpoint_every == 0
 
     def _checkpoint_if_finite(self) -> None:
         bad = nonfinite_parameter(self.module)   # the same weights on every rank: the same decision
