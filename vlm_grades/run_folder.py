@@ -115,6 +115,16 @@ class RunFolder:
     def write_text(self, name: str, text: str) -> None:
         write_text_atomic(self.path / name, text)
 
+    def end(self) -> dict | None:
+        """The end event of a finished run (final/ written, an end event after the last start); None otherwise."""
+        if not self.final.is_dir():
+            return None
+        last = None
+        for event in read_jsonl(self.log_path("events")):
+            if event.get("type") in ("start", "end"):
+                last = event
+        return last if last is not None and last["type"] == "end" else None
+
     def truncate_after(self, step: int) -> None:
         """On resume, put the logs back as they were when the checkpoint of `step` was written, so they match
         the state: later records go, start events stay (the run's history of attempts). Each log is rewritten

@@ -22,12 +22,13 @@ from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vlm_grades.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vlm_grades.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlm_grades.components import build_registry
 from vlm_grades.config import MODALITIES, TrainConfig
 from vlm_grades.divergence import keep_last_finite, nonfinite_parameter
 from vlm_grades.errors import UserError
 from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
+from vlm_grades.resume import resume_point
 from vlm_grades.run_folder import RunFolder
 from vlm_grades.sampler import ResumableSampler
 from vlm_grades.models import build_adapter
@@ -376,15 +377,10 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) -> tuple[RunFolder, Path | None]:
-    """A new, empty run folder; or, with resume, the existing one and its newest complete checkpoint."""
+    """A new, empty run folder; or, with resume, the existing one and its newest complete checkpoint (None: afresh)."""
     path = Path(cfg.out)
     if resume:
-        if not (path / "config.yaml").exists():
-            raise UserError(f"--resume: {path} is not a run folder (no config.yaml)")
-        checkpoint = latest_checkpoint(path / "checkpoints")
-        if checkpoint is None:
-            raise UserError(f"--resume: {path} has no complete checkpoint to resume from")
-        return RunFolder(path), checkpoint
+        return resume_point(path, accelerator.is_main_process)
     if path.exists() and any(path.iterdir()):
         raise UserError(f"--out {path}: folder exists and is not empty (use --resume to continue that run)")
     return RunFolder(path, create=True), None
