@@ -18,7 +18,7 @@ def resume_point(path: Path, main_process: bool = True) -> tuple[RunFolder, Path
     if not (path / "config.yaml").exists():
         raise UserError(f"--resume: {path} is not a run folder (no config.yaml)")
     run = RunFolder(path)
-    end = run.end()
+    end = run.finished()
     if end is not None:
         raise UserError(f"--resume: {path} is finished (ended at step {end.get('step')}: {end.get('stop_reason')}); "
                         f"train into a new --out, or delete {run.final} to train it again from its last checkpoint")

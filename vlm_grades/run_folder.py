@@ -115,7 +115,7 @@ class RunFolder:
     def write_text(self, name: str, text: str) -> None:
         write_text_atomic(self.path / name, text)
 
-    def end(self) -> dict | None:
+    def finished(self) -> dict | None:
         """The end event of a finished run (final/ written, an end event after the last start); None otherwise."""
         if not self.final.is_dir():
             return None
