@@ -1,8 +1,10 @@
 """Checkpoints and `--resume`: a run killed while writing a checkpoint resumes from the previous complete one and
 ends exactly where an uninterrupted run ends (weights bit for bit, the same freezes at the same steps); torn
-checkpoint folders are never picked; `--resume` without a checkpoint is a one-line error."""
+checkpoint folders are never picked; `--resume` refuses a finished run and starts afresh a run that never wrote a
+checkpoint; an early stop leaves a checkpoint at its step."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -142,25 +144,55 @@ def test_torn_checkpoints_are_never_picked(tmp_path):
     assert_same_run(reference, run)
 
 
-def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
+def files(run: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("checkpoint_every", ["4", "500"])
+def test_resume_refuses_a_finished_run(tmp_path, capsys, checkpoint_every):
     run = tmp_path / "run"
-    assert main(["train", *SMALL, "--checkpoint-every", "500", "--out", str(run)]) == 0
-    assert not (run / "checkpoints").exists() or latest_checkpoint(run / "checkpoints") is None
-    before = sorted(p.name for p in run.iterdir())
+    assert main(["train", *SMALL, "--checkpoint-every", checkpoint_every, "--out", str(run)]) == 0
+    before = files(run)
     capsys.readouterr()
 
-    assert main(["train", "--resume", "--out", str(run)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "checkpoint" in err and str(run) in err
-    assert sorted(p.name for p in run.iterdir()) == before
+    assert main(["train", "--resume", "--out", str(run), "--steps", "20"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and str(run) in err and "finished" in err.replace(str(run), ""), err
+    assert "resumed" not in captured.out
+    assert files(run) == before                       # final/, eval, logs and checkpoints untouched
 
-    # only torn checkpoints: the same
-    (run / "checkpoints" / "step-6").mkdir(parents=True)
-    (run / "checkpoints" / "latest").write_text("step-6")
-    assert main(["train", "--resume", "--out", str(run)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "checkpoint" in err
 
+def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
+    """A run killed before its first checkpoint: `--resume` starts it again from step 0, says so, and ends
+    exactly as an uninterrupted run."""
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    args = [*SMALL, "--checkpoint-every", "500"]
+    done = subprocess.run(cli(*args, "--out", str(reference)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen(cli(*args, "--out", str(run)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and metrics.stat().st_size > 0:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.0005)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err[-2000:]}"
+    assert not (run / "final").exists() and latest_checkpoint(run / "checkpoints") is None
+
+    again = subprocess.run(cli("--resume", "--out", str(run), "--no-progress"), env=ENV, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "no complete checkpoint" in again.stdout and "afresh" in again.stdout, again.stdout
+    starts = [e for e in RunFolder(run).read("events") if e["type"] == "start"]
+    assert [s["resumed_from"] for s in starts] == [None]   # the killed attempt's logs are gone
+    assert_same_run(reference, run)
+
+
+def test_resume_errors_are_one_line(tmp_path, capsys):
     # not a run folder at all
     missing = tmp_path / "nothing-here"
     assert main(["train", "--resume", "--out", str(missing)]) == 2
@@ -172,3 +204,34 @@ def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["train", "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--out" in err
+
+
+# GradES stops at step 9 of 30 (60% of the matrices frozen); periodic checkpoints at 4 and 8
+EARLY = ["--max-samples", "64", "--batch-size", "8", "--steps", "30", "--checkpoint-every", "4", "--eval-split=",
+         "--no-progress", "--seed", "1", "--mix-fraction", "0", "--alpha", "6", "--patience", "1", "--smoothing", "0",
+         "--auto-window", "3", "--rho", "0.5", "--stop-fraction", "0.6"]
+
+
+def test_an_early_stop_writes_a_checkpoint_at_the_stop_step_that_resumes(tmp_path, capsys):
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    assert main(["train", *EARLY, "--out", str(run)]) == 0
+    (stop,) = [e for e in RunFolder(run).read("events") if e["type"] == "stop"]
+    assert 4 < stop["step"] < 30 and "frozen" in stop["reason"], stop
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    assert checkpoint == run / "checkpoints" / f"step-{stop['step']}"
+    assert ("checkpoint", stop["step"], None, None, None) in history(run)
+    loop = json.loads((checkpoint / STATE_FILE).read_text())["loop"]
+    assert loop["step"] == stop["step"] and loop["stop_reason"] == stop["reason"]
+
+    # resumed from it (final/ deleted: a finished run is not resumed), the run ends at the same step, same model
+    (reference / "final").mkdir(parents=True)
+    shutil.copy(run / "final" / "model.safetensors", reference / "final")
+    shutil.rmtree(run / "final")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {checkpoint} at step {stop['step']}" in out
+    assert f"{stop['step']}/30 steps" in out
+    assert_same_weights(reference, run)
+    events = RunFolder(run).read("events")
+    assert [e["type"] for e in events].count("stop") == 1 and [e["type"] for e in events].count("end") == 1

@@ -77,19 +77,25 @@ def _prune(root: Path, keep: int) -> None:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Every checkpoint with its state file (written last), newest first."""
+    complete = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / STATE_FILE).exists()]
+    return sorted(complete, key=lambda p: int(p.name[5:]), reverse=True)
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     pointer = root / "latest"
     if pointer.exists():
         path = root / pointer.read_text().strip()
         if (path / STATE_FILE).exists():
             return path
-    complete = [p for p in root.glob("step-*") if (p / STATE_FILE).exists()]
-    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+    return next(iter(complete_checkpoints(root)), None)
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(parts, trainer_state); parts are loaded on the CPU."""
+def load_checkpoint(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(parts, trainer_state); parts (all, or those in `names`) are loaded on the CPU."""
     if not (path / STATE_FILE).exists():
         raise UserError(f"{path}: incomplete checkpoint (no {STATE_FILE})")
-    parts = {p.stem: torch.load(p, map_location="cpu", weights_only=False) for p in sorted(path.glob("*.pt"))}
+    parts = {p.stem: torch.load(p, map_location="cpu", weights_only=False) for p in sorted(path.glob("*.pt"))
+             if names is None or p.stem in names}
     return parts, json.loads((path / STATE_FILE).read_text())

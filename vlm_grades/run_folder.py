@@ -25,16 +25,31 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a temporary file beside `path`, fsync it, rename it over `path`: a process killed at any moment
+    leaves either the old file or the new one, never an empty or cut one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_clean(obj), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run folders are shared artefacts
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run folders are shared artefacts
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power cut
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(_clean(obj), indent=2))
 
 
 def check_can_create(path: Path, flag: str = "--out") -> None:
@@ -123,13 +138,39 @@ class RunFolder:
         with open(self.path / name) as f:
             return json.load(f)
 
+    def write_text(self, name: str, text: str) -> None:
+        write_text_atomic(self.path / name, text)
+
+    def finished(self) -> dict | None:
+        """The end event of a finished run (final/ written, an end event after the last start); None otherwise."""
+        if not self.final.is_dir():
+            return None
+        last = None
+        for event in read_jsonl(self.log_path("events")):
+            if event.get("type") in ("start", "end"):
+                last = event
+        return last if last is not None and last["type"] == "end" else None
+
     def truncate_after(self, step: int) -> None:
-        """On resume, drop log records written after the checkpoint's step so the logs match the state."""
+        """On resume, put the logs back as they were when the checkpoint of `step` was written, so they match
+        the state: later records go, start events stay (the run's history of attempts). Each log is rewritten
+        atomically; a torn last line goes too, so the next append starts on a line of its own."""
         for kind in LOGS:
             path = self.log_path(kind)
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):   # left by a process killed in a rewrite
+                stale.unlink(missing_ok=True)
             if not path.exists():
                 continue
-            keep = [r for r in read_jsonl(path) if r.get("step", -1) <= step or r.get("type") == "start"]
-            with open(path, "w") as f:
-                for r in keep:
-                    f.write(json.dumps(r) + "\n")
+            records = list(read_jsonl(path))
+            keep = _at_checkpoint(records, step) if kind == "events" else \
+                [r for r in records if r.get("step", -1) <= step]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _at_checkpoint(events: list[dict], step: int) -> list[dict]:
+    """Events up to the checkpoint event of `step`: what a run logged at that step after its checkpoint
+    (the stop, evaluation and end of a run that stopped early there) is rolled back with the rest."""
+    marks = [i for i, e in enumerate(events) if e.get("type") == "checkpoint" and e.get("step") == step]
+    cut = marks[-1] if marks else len(events)
+    return [e for i, e in enumerate(events)
+            if e.get("type") == "start" or e.get("step", -1) < step or (e.get("step") == step and i <= cut)]

@@ -22,11 +22,13 @@ from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vlm_grades.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vlm_grades.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlm_grades.components import build_registry
 from vlm_grades.config import MODALITIES, TrainConfig
+from vlm_grades.divergence import keep_last_finite, nonfinite_parameter
 from vlm_grades.errors import UserError
 from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
+from vlm_grades.resume import resume_point
 from vlm_grades.run_folder import RunFolder, check_can_create
 from vlm_grades.sampler import ResumableSampler
 from vlm_grades.models import build_adapter
@@ -40,6 +42,7 @@ class LoopState:
     position: int = 0        # samples of this rank's share consumed in the current epoch
     wall: float = 0.0        # seconds of training so far (over resumes)
     stop_reason: str | None = None
+    diverged: bool = False   # non-finite loss or weights: never checkpointed, see divergence.py
     classic: dict[str, Any] = field(default_factory=lambda: {"best": math.inf, "bad": 0, "best_step": 0})
 
 
@@ -197,18 +200,21 @@ class Trainer:
             if self.acc.num_processes > 1:   # the global batch's loss: every rank takes the same decisions on it
                 loss = float(self.acc.reduce(torch.tensor(loss, device=self.acc.device), reduction="mean"))
             if not math.isfinite(loss):
-                state.stop_reason = f"non-finite training loss at step {state.step}"
+                self._diverge(f"non-finite training loss at step {state.step}")
             step_time = time.perf_counter() - t0
             state.wall += step_time
             self._log(loss, step_time, tokens, bar)
-            if cfg.stopping == "classic" and state.step % cfg.classic_every == 0:
+            if cfg.stopping == "classic" and not state.diverged and state.step % cfg.classic_every == 0:
                 t_val = time.perf_counter()
                 self._classic_check()
                 state.wall += time.perf_counter() - t_val  # validation passes are part of classic's cost
-            if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and state.stop_reason is None:
-                self.checkpoint()
+            if self._checkpoint_due():
+                self._checkpoint_if_finite()
         bar.close()
-        if cfg.stopping == "classic" and getattr(self, "_best", None) is not None:
+        bad = None if state.diverged else nonfinite_parameter(self.module)
+        if bad:
+            self._diverge(f"non-finite weights at step {state.step} ({bad})")
+        if cfg.stopping == "classic" and getattr(self, "_best", None) is not None and not state.diverged:
             self.module.load_state_dict(self._best)
             if self.main:
                 self.run.append("events", {"type": "restore", "step": state.step,
@@ -266,7 +272,25 @@ class Trainer:
             self.run.append("events", {"type": "validation", "step": self.state.step, "loss": value,
                                        "best": c["best"], "improved": improved})
 
+    def _diverge(self, reason: str) -> None:
+        if not self.state.diverged:
+            self.state.stop_reason, self.state.diverged = reason, True
+
     # checkpoints --------------------------------------------------------------------------------
+    def _checkpoint_due(self) -> bool:
+        """Every --checkpoint-every steps, and at the step of an early stop, so it can be resumed and compared."""
+        state = self.state
+        if state.diverged or state.step >= self.cfg.steps:
+            return False
+        return state.stop_reason is not None or state.step % self.cfg.checkpoint_every == 0
+
+    def _checkpoint_if_finite(self) -> None:
+        bad = nonfinite_parameter(self.module)   # the same weights on every rank: the same decision
+        if bad:
+            self._diverge(f"non-finite weights at step {self.state.step} ({bad})")
+        else:
+            self.checkpoint()
+
     def checkpoint(self) -> None:
         rngs = gather_object([rng_state()]) if self.acc.num_processes > 1 else [rng_state()]
         if self.main:
@@ -294,7 +318,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         run.write_json("components.json", trainer.registry.to_json(trainer.module))
         # every GradES setting, not only those given: a replay or report must see the rule the run used
         resolved = dataclasses.replace(cfg, grades=trainer.grades.config.to_dict()) if trainer.grades else cfg
-        (run.path / "config.yaml").write_text(resolved.to_yaml())
+        run.write_text("config.yaml", resolved.to_yaml())   # rewritten on resume: atomically
         if cfg.report_to:
             accelerator.init_trackers(run.path.name, config={k: v for k, v in cfg.to_dict().items()
                                                             if isinstance(v, (int, float, str, bool))})
@@ -307,9 +331,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if os.environ.get("VLM_GRADES_RANK_STATE"):   # debugging/tests: what each process ended with
         write_rank_state(trainer, run)
     if accelerator.is_main_process:
-        trainer.adapter.save(run.final)
-        if cfg.eval_split:
-            summary["eval"] = evaluate_held_out(cfg, trainer.adapter, run, state.step, trainer.eval_samples)
+        if state.diverged:
+            summary.update(keep_last_finite(run, trainer.adapter, state.step, state.stop_reason))
+        else:
+            trainer.adapter.save(run.final)
+            if cfg.eval_split:
+                summary["eval"] = evaluate_held_out(cfg, trainer.adapter, run, state.step, trainer.eval_samples)
         run.append("events", {"type": "end", "step": state.step, "wall_time": state.wall,
                               "stop_reason": state.stop_reason})
         run.write_json("summary.json", summary)
@@ -349,15 +376,10 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) -> tuple[RunFolder, Path | None]:
-    """A new, empty run folder; or, with resume, the existing one and its newest complete checkpoint."""
+    """A new, empty run folder; or, with resume, the existing one and its newest complete checkpoint (None: afresh)."""
     path = Path(cfg.out)
     if resume:
-        if not (path / "config.yaml").exists():
-            raise UserError(f"--resume: {path} is not a run folder (no config.yaml)")
-        checkpoint = latest_checkpoint(path / "checkpoints")
-        if checkpoint is None:
-            raise UserError(f"--resume: {path} has no complete checkpoint to resume from")
-        return RunFolder(path), checkpoint
+        return resume_point(path, accelerator.is_main_process)
     if path.is_dir() and any(path.iterdir()):
         raise UserError(f"--out {path}: folder exists and is not empty (use --resume to continue that run)")
     if accelerator.is_main_process:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 S = argparse.SUPPRESS  # unset flags stay out of the namespace, so YAML values are not overridden
+DIVERGED = 3           # exit status of a run whose loss or weights became non-finite
 
 
 def _csv(value: str) -> list[str]:
@@ -19,10 +20,13 @@ def register(sub) -> None:
                        description="Fine-tune nanoVLM or Qwen2.5-VL. With no arguments: the tiny nanoVLM on "
                                    "easy-VQA, GradES on, a run folder under runs/. Settings come from defaults, "
                                    "then --config YAML, then flags.",
+                       epilog="Exit status: 0 trained; 2 bad input; 3 the run diverged (non-finite loss or weights: "
+                              "final/ is its last finite checkpoint, not evaluated).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=S, help="YAML file of settings (keys as the flags, with underscores)")
     p.add_argument("--resume", action="store_true", default=S,
-                   help="continue the run in --out from its newest complete checkpoint")
+                   help="continue the unfinished run in --out from its newest complete checkpoint (afresh "
+                        "if it has none); a finished run is refused")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=S, help="nanovlm or qwen2.5-vl (default nanovlm)")
     m.add_argument("--preset", default=S, help="nanovlm preset: tiny, smol or 222m (default tiny)")
@@ -181,6 +185,11 @@ def run(args: argparse.Namespace) -> int:
     line = f"run {summary['run']}: {summary['steps']}/{summary['planned_steps']} steps in " \
            f"{summary['wall_time']:.0f} s ({summary['stop_reason']})"
     print(line)
+    if summary.get("diverged"):
+        import sys
+
+        print(f"vlm-grades train: error: {summary['diverged']}", file=sys.stderr)
+        return DIVERGED
     if "eval" in summary:
         print(f"held-out {cfg.task} {cfg.eval_split}: score {summary['eval'].get('score', float('nan')):.2f}")
     return 0
