@@ -1,4 +1,4 @@
-"""Scenes: the stage-1 corpus of the shipped nanoVLM base, drawn with PIL by the project itself.
+"""Scenes: a stage-1 corpus for a nanoVLM fine-tuning base, drawn with PIL by the project itself.
 
 64x64 pictures of one to three shapes (easy-VQA's three plus a diamond and a cross) in eleven colours
 (easy-VQA's eight plus orange, purple, pink), at random sizes and positions, on tinted, graded or noisy
