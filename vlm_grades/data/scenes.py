@@ -35,6 +35,10 @@ QUESTIONS_PER_PICTURE = 8
 # each picture's caption is repeated so captions are a third of the samples: a from-scratch vision encoder
 # learns shapes far faster from captions (they name every object) than from questions (one in five asks)
 CAPTIONS_PER_PICTURE = 4
+# yes/no questions asked with the picture's caption in the prompt ("Caption: a red triangle. Question: is there
+# a blue shape? Answer: no"), train split only: the comparison of attribute words, learnable from the text,
+# before the same question about the picture alone (an experiment; 0 = off, see docs/GRADES.md)
+BINDING_PER_PICTURE = 0
 
 # question templates: (template, kind); <C> a colour, <S> a shape
 COLOR_YESNO = ("is there a <C> shape?", "is a <C> shape present?", "does the image contain a <C> shape?",
@@ -157,6 +161,13 @@ def scene_questions(objects: list[tuple[str, str]], rng: random.Random, k: int) 
     return out
 
 
+def _yes_no_questions(objects, rng: random.Random, k: int) -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    while len(out) < k:
+        out += [x for x in scene_questions(objects, rng, 4) if x[2] == "yes/no"][: k - len(out)]
+    return out
+
+
 def caption(objects: list[tuple[str, str]]) -> str:
     return " and ".join(f"a {c} {s}" for c, s in objects)
 
@@ -178,6 +189,11 @@ def load_scenes(split: str = "train", max_samples: int | None = None, seed: int 
         samples += [Sample(id=f"{image_id}-c{n}", image=img, prompt=CAPTION_PROMPT, targets=[caption(objects)],
                            task="scenes", meta={"image_id": image_id, "answer_kind": "caption"})
                     for n in range(CAPTIONS_PER_PICTURE if split == "train" else 1)]
+        if split == "train":
+            for n, (q, a, _) in enumerate(_yes_no_questions(objects, rng, BINDING_PER_PICTURE)):
+                text = f"{CAPTION_PROMPT} {caption(objects)}. " + template.replace("{question}", q)
+                samples.append(Sample(id=f"{image_id}-b{n}", image=img, prompt=text, targets=[a], task="scenes",
+                                      meta={"image_id": image_id, "question": q, "answer_kind": "yes/no text"}))
         for n, (q, a, kind) in enumerate(scene_questions(objects, rng, QUESTIONS_PER_PICTURE), start=1):
             samples.append(Sample(id=f"{image_id}-{n}", image=img, prompt=template.replace("{question}", q),
                                   targets=[a], task="scenes",
