@@ -319,9 +319,10 @@ RESUME_CFG = {"alpha": 6, "rho": 0.6, "patience": 2, "smoothing": 0.3, "sketch":
               "sketch_fraction": 1 / 8}
 
 
-@pytest.mark.parametrize("metric", ["grad_change", "weight_change"])
-def test_resume_freezes_the_same_and_ends_identical(metric):
-    cfg = {**RESUME_CFG, "metric": metric}
+@pytest.mark.parametrize("metric, extra", [("grad_change", {}), ("weight_change", {}),
+                                           ("grad_snr", {"snr_window": 5, "rho": 0.9})])
+def test_resume_freezes_the_same_and_ends_identical(metric, extra):
+    cfg = {**RESUME_CFG, "metric": metric, **extra}
     model, reg, opt, sched, grades, log = make(cfg, steps=40)
     end = train(model, opt, sched, grades, 1, 40)
     full_freeze = {r["component"]: r["step"] for r in events(log)}
