@@ -189,12 +189,7 @@ def test_lora_trains_the_projector_fully_by_default_and_saves_it(ckpt, tmp_path)
     assert any(n.endswith("mlp.0.weight") for n in full) and any(n.endswith("ln_q.weight") for n in full)
     assert all(".language_model." in n for n in trainable if is_lora_parameter(n))
     b = train_batch(a)
-    opt = torch.optim.AdamW([p for p in a.model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        a.loss(b).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    a.model.eval()
+    take_two_steps(a, b)
     a.save(str(tmp_path / "lora"))
     loaded = load_qwen_for_eval(str(tmp_path / "lora"))
     assert loaded.lora == a.lora and loaded.lora.train_fully == ("projector",)
@@ -249,17 +244,22 @@ def test_save_load_roundtrip_full(adapter, tmp_path):
     assert meta["architecture"] == "qwen2_5_vl" and meta["max_pixels"] == adapter.max_pixels
 
 
-def test_save_load_roundtrip_lora(ckpt, tmp_path):
-    torch.manual_seed(0)
-    settings = LoraSettings(rank=4, alpha=8, dropout=0.0, targets=("language", "vision", "projector"))
-    a = Qwen25VLAdapter.load(str(ckpt), lora=settings, min_pixels=28 * 28, max_pixels=56 * 56)
-    b = train_batch(a)
+def take_two_steps(a, b) -> None:
+    """Two AdamW steps on batch b (trainable parameters only), then eval mode."""
     opt = torch.optim.AdamW([p for p in a.model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
         a.loss(b).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     a.model.eval()
+
+
+def test_save_load_roundtrip_lora(ckpt, tmp_path):
+    torch.manual_seed(0)
+    settings = LoraSettings(rank=4, alpha=8, dropout=0.0, targets=("language", "vision", "projector"))
+    a = Qwen25VLAdapter.load(str(ckpt), lora=settings, min_pixels=28 * 28, max_pixels=56 * 56)
+    b = train_batch(a)
+    take_two_steps(a, b)
     out = tmp_path / "lora"
     a.save(str(out))
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
