@@ -22,12 +22,15 @@ def test_end_to_end_minimal(tmp_path):
     e2e = load("end_to_end")
     results = tmp_path / "results"
     assert e2e.main(["--presets", "tiny", "--tasks", "easyvqa", "--seeds", "1", "--steps", "4",
+                     "--modes", "none", "classic", "grades", "official", "snr",
                      "--max-samples", "256", "--eval-max-samples", "16", "--batch-size", "8",
                      "--calibration-val-samples", "16", "--threads", "0", "--out", str(tmp_path / "runs"),
                      "--results", str(results), "--tag", "smoke"]) == 0
     data = json.loads((results / "end_to_end-smoke.json").read_text())
     group = data["groups"][0]
-    assert {r["mode"] for r in group["runs"]} == {"none", "classic", "grades", "official"}
+    assert {r["mode"] for r in group["runs"]} == {"none", "classic", "grades", "official", "snr"}
+    assert next(r for r in group["runs"] if r["mode"] == "snr")["grades"]["metric"] == "grad_snr"
+    assert all(r["threads"] >= 1 for r in group["runs"]) and "speedup_wall_median" in group["aggregate"]["grades"]
     assert set(group["official_calibration"]["tau"]) == {"vision", "language"}
     for r in group["runs"]:
         assert 1 <= r["steps"] <= 4 and r["flops"] > 0 and r["score"] is not None
