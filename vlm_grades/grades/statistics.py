@@ -175,14 +175,13 @@ class StatBank:
             for e, t in zip(self.order, cur):
                 if e.prev is None:
                     e.prev = torch.zeros_like(t)
-        sq = self._per_component(torch._foreach_norm(cur, 2, dtype=torch.float32), square=True)
+        sq = self._sum(torch._foreach_norm(cur, 2, dtype=torch.float32), power=2).tolist()
         bad = {i for i, v in enumerate(sq) if not math.isfinite(v)}
         keep = [j for j, e in enumerate(self.order) if e.comp not in bad]
         means = [self.order[j].prev for j in keep]
         if means:
             torch._foreach_lerp_(means, [cur[j] for j in keep], 1.0 - beta)   # m <- m + (1 - beta)(g - m)
-        msq = self._per_component(torch._foreach_norm([e.prev for e in self.order], 2, dtype=torch.float32),
-                                  square=True)
+        msq = self._sum(torch._foreach_norm([e.prev for e in self.order], 2, dtype=torch.float32), power=2).tolist()
         out = [float("nan")] * self.n_components
         for i in {e.comp for e in self.order}:
             if i in bad:
@@ -194,23 +193,18 @@ class StatBank:
             out[i] = msq[i] * (1 + beta) / (q * (1 - beta) * (1 + beta ** n)) if q > 0 else 0.0
         return out
 
-    def _per_component(self, norms, square: bool = False) -> list[float]:
-        """Per-entry L2 norms -> per-component sums of squares (sketches scaled up to the whole matrix)."""
+    def _sum(self, norms, power: int = 1) -> torch.Tensor:
+        """Per-entry norms (to `power`) summed per component, each sketch scaled up to its whole matrix."""
         if self._multi_device:
             norms = [n.to(self.device) for n in norms]
-        per_param = torch.stack(list(norms)) ** 2 * self._scale
+        per_param = torch.stack(list(norms)) ** power * self._scale
         sums = torch.zeros(self.n_components, dtype=torch.float32, device=self.device)
-        sums.index_add_(0, self._comp, per_param)
-        return sums.tolist()
+        return sums.index_add_(0, self._comp, per_param)
 
     def _reduce(self, norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[float]:
         if not norms:
             return [float("nan")] * self.n_components
-        if self._multi_device:
-            norms = [n.to(self.device) for n in norms]
-        per_param = torch.stack(list(norms)) * self._scale
-        sums = torch.zeros(self.n_components, dtype=torch.float32, device=self.device)
-        sums.index_add_(0, self._comp, per_param)
+        sums = self._sum(norms)
         if self.normalization == "mean":
             sums = sums / self._numel.clamp_min(1)
         return sums.tolist()                                            # the one host sync per check
