@@ -46,8 +46,8 @@ def register(sub) -> None:
     m.add_argument("--min-pixels", type=int, default=S, help="qwen2.5-vl: minimum image pixels")
     m.add_argument("--max-pixels", type=int, default=S, help="qwen2.5-vl: maximum image pixels")
     d = p.add_argument_group("data")
-    d.add_argument("--task", default=S, help="easyvqa, easyvqa-caption, scenes (pictures the project draws, a stage-1 corpus), "
-                   "vqav2, gqa or coco (default easyvqa)")
+    d.add_argument("--task", default=S, help="easyvqa, easyvqa-caption, scenes (pictures the project draws, a "
+                   "stage-1 corpus), vqav2, gqa or coco (default easyvqa)")
     d.add_argument("--data", default=S, help="data folder, file or hub id (not needed for easy-VQA)")
     d.add_argument("--split", default=S, help="training split (default train)")
     d.add_argument("--val-split", default=S, help="validation split for classic stopping (easy-VQA: val)")
