@@ -294,7 +294,8 @@ def table(agg: dict[str, dict[str, Any]]) -> str:
         target = {True: "met", False: "missed"}.get(a.get("target_met"), "-")
         rows.append([m, a["runs"], a.get("stopped", "-"), f"{a['steps']:.0f} / {a['planned_steps']}",
                      f"{fmt(a['loop_wall'], 1)} ({fmt(a['validation_s'], 1)})", fmt(a["eval_s"], 1),
-                     fmt_flops(a["flops"]), f"{fmt(a['speedup_wall'], 2, 'x')} ({fmt(a.get('speedup_wall_median'), 2, 'x')})",
+                     fmt_flops(a["flops"]),
+                     f"{fmt(a['speedup_wall'], 2, 'x')} ({fmt(a.get('speedup_wall_median'), 2, 'x')})",
                      fmt(a["speedup_cpu"], 2, "x"), fmt(a["speedup_flops"], 2, "x"),
                      f"{fmt(a['score'])} ({fmt(a['score_sd'])})",
                      f"{fmt(a['score_delta'], 2)} ({fmt(a.get('worst_delta'), 2)})", target])

@@ -41,8 +41,8 @@ def main(argv=None) -> int:
         shutil.copy2(run / "final" / name, base / name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     build = {"command": f"OMP_NUM_THREADS={args.threads} " + " ".join(command[:-1]), "threads": args.threads,
-             "commit": commit.strip(), "scenes_test": {"accuracy": scores["score"], "per_kind": scores["metrics"]["per_kind"],
-                             "n": scores["n"]}}
+             "commit": commit.strip(),
+             "scenes_test": {"accuracy": scores["score"], "per_kind": scores["metrics"]["per_kind"], "n": scores["n"]}}
     (base / "BUILD.json").write_text(json.dumps(build, indent=2) + "\n")
     print(f"{base}: scenes test {scores['score']:.2f} ({scores['n']} samples), per kind "
           f"{ {k: round(v, 1) for k, v in scores['metrics']['per_kind'].items()} }")
