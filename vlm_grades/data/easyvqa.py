@@ -45,6 +45,11 @@ def answer_kind(answer: str) -> str:
     return "yes/no"
 
 
+def is_negated(question: str) -> bool:
+    """"is there not a red shape?", "is no circle present?": a yes answer says the thing is absent."""
+    return " not " in f" {question} " or " no " in f" {question} "
+
+
 def _mentioned(question: str, words: tuple[str, ...]) -> str | None:
     tokens = question.replace("?", " ").split()
     return next((w for w in words if w in tokens), None)
@@ -59,7 +64,7 @@ def image_attributes(questions: list[tuple[str, str]]) -> tuple[str | None, str 
     for q, a in questions:
         if a not in ("yes", "no"):
             continue
-        negated = " not " in f" {q} " or " no " in f" {q} "
+        negated = is_negated(q)
         word = _mentioned(q, COLORS) or _mentioned(q, SHAPES)
         if (a == "yes") != negated:
             color = color or _mentioned(q, COLORS)

@@ -15,7 +15,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from vlm_grades.data.easyvqa import COLORS as EASYVQA_COLORS, SHAPES as EASYVQA_SHAPES
+from vlm_grades.data.easyvqa import COLORS as EASYVQA_COLORS, SHAPES as EASYVQA_SHAPES, is_negated
 from vlm_grades.data.prompts_easyvqa import CAPTION_PROMPT, EASYVQA_PROMPT
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
@@ -120,8 +120,7 @@ def draw_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
 
 
 def _yes_no(template: str, present: bool) -> str:
-    negated = " not " in f" {template} " or " no " in f" {template} "
-    return "yes" if present != negated else "no"
+    return "yes" if present != is_negated(template) else "no"
 
 
 def scene_questions(objects: list[tuple[str, str]], rng: random.Random, k: int) -> list[tuple[str, str, str]]:
@@ -154,7 +153,7 @@ def scene_questions(objects: list[tuple[str, str]], rng: random.Random, k: int) 
             out.append((t.replace("<C>", c), s, "shape"))
         elif r < 0.94:
             c, s = rng.choice(objects)
-            t = rng.choice(COLOR_OPEN if len(objects) == 1 else COLOR_OPEN[2::2] + COLOR_OPEN[3:])
+            t = rng.choice(COLOR_OPEN if len(objects) == 1 else COLOR_OPEN[2:])
             out.append((t.replace("<S>", s), c, "color"))
         else:
             out.append((rng.choice(COUNT_OPEN), NUMBERS[len(objects) - 1], "count"))

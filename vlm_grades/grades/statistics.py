@@ -171,10 +171,9 @@ class StatBank:
         beta * m + (1 - beta) * g. A component with a non-finite gradient entry is not updated and gets NaN."""
         exact, sampled = self._current("grad")
         cur = exact + sampled
-        if any(e.prev is None for e in self.order):
-            for e, t in zip(self.order, cur):
-                if e.prev is None:
-                    e.prev = torch.zeros_like(t)
+        for e, t in zip(self.order, cur):
+            if e.prev is None:
+                e.prev = torch.zeros_like(t)
         sq = self._sum(torch._foreach_norm(cur, 2, dtype=torch.float32), power=2).tolist()
         bad = {i for i, v in enumerate(sq) if not math.isfinite(v)}
         keep = [j for j, e in enumerate(self.order) if e.comp not in bad]
