@@ -30,8 +30,9 @@ class VisionLanguageModel(nn.Module):
     # ------------------------------------------------------------------ embedding
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None,
               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with the image-token positions replaced by projected image features
-        (row-major order: row b gets image b). -> (B, T, lm D)"""
+        """Token embeddings with the image-token positions replaced by projected image features, in
+        row-major order: with B images row b gets image b; with more (tiles), each run of
+        mp_image_token_length image tokens takes the next image. images (N, 3, H, W) -> (B, T, lm D)"""
         embeds = self.decoder.token_embedding(input_ids)                       # (B, T, D)
         image_pos = input_ids == self.cfg.image_token_id
         if attention_mask is not None:
@@ -43,14 +44,19 @@ class VisionLanguageModel(nn.Module):
             if any(counts):
                 raise ValueError(f"input_ids hold image tokens (id {self.cfg.image_token_id}) but no images were given")
             return embeds
-        if images.shape[0] != B:
-            raise ValueError(f"got {images.shape[0]} images for {B} rows of input_ids; each row needs one image")
-        bad = [(i, c) for i, c in enumerate(counts) if c != n]
-        if bad:
-            i, c = bad[0]
+        if images.shape[0] == B:
+            bad = [(i, c) for i, c in enumerate(counts) if c != n]
+            if bad:
+                i, c = bad[0]
+                raise ValueError(
+                    f"row {i} of input_ids holds {c} image tokens (id {self.cfg.image_token_id}); every row needs "
+                    f"exactly {n} (mp_image_token_length)"
+                )
+        elif sum(counts) != images.shape[0] * n or any(c % n for c in counts):
+            # several images (tiles) per row: each row holds n tokens per image, images in row order
             raise ValueError(
-                f"row {i} of input_ids holds {c} image tokens (id {self.cfg.image_token_id}); every row needs "
-                f"exactly {n} (mp_image_token_length)"
+                f"input_ids hold {sum(counts)} image tokens (id {self.cfg.image_token_id}) in rows of {counts} for "
+                f"{images.shape[0]} images; every image needs exactly {n} (mp_image_token_length)"
             )
         param = self.MP.proj.weight
         feats = self.MP(self.vision_encoder(images.to(param.dtype)))           # (B, n, D)

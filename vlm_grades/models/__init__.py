@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nanovlm.native_format import is_native_config
 from vlm_grades.errors import UserError
 
 MODELS = ("nanovlm", "qwen2.5-vl")
@@ -19,10 +20,11 @@ def detect_architecture(path: str | Path) -> str:
     if not config.exists():
         raise UserError(f"{path}: no config.json; expected a run folder or a model checkpoint folder")
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
+        raw = json.loads(config.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{config}: not valid JSON ({e})") from None
-    if model_type == "nanovlm":
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type == "nanovlm" or is_native_config(raw):  # nanoVLM's own format has no model_type
         return "nanovlm"
     if model_type in ("qwen2_5_vl", "qwen2_vl"):
         return "qwen2_5_vl"

@@ -85,12 +85,21 @@ class NanoVLMAdapter:
 
     @classmethod
     def load(cls, path: str | Path) -> "NanoVLMAdapter":
+        """A folder saved by vlm-grades, or a checkpoint in nanoVLM's own format (folder or hub id)."""
+        from nanovlm.native_format import is_native_config
+        from vlm_grades.models import nanovlm_native as native
+
         path = Path(path)
-        if not (path / "config.json").is_file():
+        raw = native.read_config(path) if path.is_dir() else None
+        if not path.exists() or is_native_config(raw):
+            return native.NativeNanoVLMAdapter.load_native(str(path))
+        if raw is None:
             raise UserError(f"{path}: not a nanoVLM checkpoint (no config.json)")
         model = VisionLanguageModel.from_pretrained(str(path))
         tokenizer = _load_tokenizer(str(path))
         meta = json.loads((path / ADAPTER_FILE).read_text()) if (path / ADAPTER_FILE).exists() else {}
+        if (path / native.NATIVE_FILE).is_file():
+            return native.NativeNanoVLMAdapter.load_saved(path, model, tokenizer, meta)
         return cls(model, tokenizer, meta.get("preset", "tiny"), meta.get("max_length", 256))
 
     def save(self, directory: str | Path) -> None:
@@ -134,10 +143,14 @@ class NanoVLMAdapter:
             if train:
                 labels[row, cols] = torch.tensor(it["labels"])
         batch = {"ids": [it["id"] for it in items], "input_ids": input_ids, "attention_mask": attention,
-                 "images": torch.stack([it["pixel_values"] for it in items])}
+                 "images": self.batch_images([it["pixel_values"] for it in items])}
         if train:
             batch["labels"] = labels
         return batch
+
+    def batch_images(self, pixel_values: list[torch.Tensor]) -> torch.Tensor:
+        """One (3, H, W) image per sample -> (B, 3, H, W)."""
+        return torch.stack(pixel_values)
 
     # compute ----------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
