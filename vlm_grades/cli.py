@@ -10,7 +10,7 @@ from vlm_grades import __version__
 from vlm_grades.errors import UserError
 
 # Order is the order in `vlm-grades --help`.
-COMMANDS = ["train", "eval", "score", "report", "compare", "replay", "components", "fetch"]
+COMMANDS = ["train", "eval", "score", "report", "compare", "replay", "components", "fetch", "export"]
 
 
 class OneLineParser(argparse.ArgumentParser):

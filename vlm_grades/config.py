@@ -138,6 +138,8 @@ class TrainConfig:
         self._check_numbers()
         if self.model == "nanovlm" and self.preset not in NANOVLM_PRESETS:
             raise UserError(f"--preset: expected one of {', '.join(NANOVLM_PRESETS)}, got {self.preset!r}")
+        if self.model == "nanovlm" and self.model_path:
+            _check_native_nanovlm(self.model_path)
         if self.mixed_precision == "fp16":
             raise UserError("--mixed-precision fp16: not supported (needs loss scaling); use bf16")
         if self.mixed_precision not in ("no", "bf16"):
@@ -303,3 +305,21 @@ MODEL_TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     task: {"val_split": None, "eval_split": None} for task in DATA_TASKS
 }
+
+
+def _check_native_nanovlm(model_path: str) -> None:
+    """A local checkpoint in nanoVLM's own format: its config.json must be one this code reproduces."""
+    import json
+
+    from nanovlm.native_format import is_native_config, translate_config
+
+    f = Path(model_path).expanduser() / "config.json"
+    try:
+        raw = json.loads(f.read_text()) if f.is_file() else None
+    except (OSError, ValueError):
+        return  # the loader reports it with the rest of the folder
+    if is_native_config(raw):
+        try:
+            translate_config(raw, str(f))
+        except ValueError as e:
+            raise UserError(f"--model-path: {e}") from None

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, choices=MODELS, help="model family: nanovlm or qwen2.5-vl")
     p.add_argument("--preset", default="222m", help="nanovlm: config preset tiny, smol or 222m (default 222m)")
     p.add_argument("--model-path", default=None,
-                   help="a model folder (config.json is read; weights are not loaded). qwen2.5-vl without it: "
+                   help="a model folder (config.json is read; weights are not loaded), for nanovlm also one in "
+                        "nanoVLM's own format. qwen2.5-vl without it: "
                         "transformers' default Qwen2.5-VL configuration")
     p.add_argument("--architecture", default=None, choices=("nanovlm", "qwen2_5_vl", "generic"),
                    help="force a rule set instead of detecting it (default: detect)")
@@ -38,8 +39,12 @@ def build_meta_model(model: str, preset: str = "222m", model_path: str | None = 
             cfg_file = Path(model_path) / "config.json"
             if not cfg_file.exists():
                 raise UserError(f"--model-path: {cfg_file} does not exist")
+            from nanovlm.native_format import is_native_config, translate_config
+
             try:
-                cfg = VLMConfig.from_dict(json.loads(cfg_file.read_text()))
+                raw = json.loads(cfg_file.read_text())
+                # nanoVLM's own format (no model_type) or a folder vlm-grades saved
+                cfg = translate_config(raw, str(cfg_file))[0] if is_native_config(raw) else VLMConfig.from_dict(raw)
             except (ValueError, TypeError) as e:
                 raise UserError(f"--model-path: {cfg_file}: {e}") from None
         else:

@@ -59,7 +59,7 @@ def _tokenizer(folder: Path, pipe: nf.NativePipeline) -> PreTrainedTokenizerBase
     tok = _load_tokenizer(str(folder) if own else pipe.tokenizer)
     missing = [t for t in pipe.extra_tokens.values() if t not in tok.get_vocab()]
     if missing:
-        tok.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+        tok.add_tokens(missing, special_tokens=True)
     if tok.eos_token is None:
         raise UserError(f"{pipe.tokenizer}: the tokenizer has no EOS token")
     tok.pad_token = tok.eos_token
