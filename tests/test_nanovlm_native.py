@@ -210,7 +210,7 @@ def test_tiled_prompt_layout_for_2x2_tiles(tok, tmp_path):
     assert item["input_ids"] == expected
     assert item["labels"] == [-100] * (len(expected) - 2) + [w["red"], t("<|im_end|>")]
     assert item["pixel_values"].shape == (5, 3, 32, 32)
-    assert torch.equal(item["pixel_values"][2], torch.full((3, 32, 32), 0.0) + item["pixel_values"][2][:, :1, :1])
+    assert torch.allclose(item["pixel_values"][:, 0], torch.tensor(200 / 255), atol=0.02)   # [0, 1], every view
     assert image_token_layout((1, 1), 2, TILE_TOKENS, True) == ["<|global_image|>", "<|image|>", "<|image|>"]
     assert tiled_size(60, 64, 32, 64) == (64, 64) and tiled_size(20, 100, 32, 64) == (32, 64)
 
@@ -224,6 +224,22 @@ def test_v01_prompt_puts_the_image_first(tok, tmp_path):
     assert item["input_ids"][:n] == [adapter.cfg.image_token_id] * n and adapter.cfg.eos_token_id == 0
     assert item["input_ids"][-1] == 0 and item["pixel_values"].shape == (1, 3, 32, 32)
     assert float(item["pixel_values"].min()) >= 0.0          # nanoVLM feeds [0, 1], no normalization
+
+
+def test_image_token_pipeline_450m_style(tok, tmp_path):
+    """nanoVLM-450M (June 2025): <|image|> x mp_image_token_length in the chat template, one square image."""
+    cfg = tiled_config(tok, vocab(tok, False) + 1)
+    del cfg["max_img_size"], cfg["resize_to_max_side_len"]
+    cfg["vlm_extra_tokens"], cfg["extra_token_amount"] = {"image_token": "<|image|>"}, 1
+    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "m", cfg))
+    assert adapter.pipe.kind == "image-token"
+    item = adapter.preprocess(Sample(id="q", image=Image.new("RGB", (70, 30)), prompt="what shape ?",
+                                     targets=["circle"], task="easyvqa"), train=False)
+    t = adapter.tokenizer.convert_tokens_to_ids
+    img = vocab(tok, False)
+    assert item["input_ids"] == [t("<|im_start|>"), t("user")] + [img] * 4 + [
+        t("what"), t("shape"), t("?"), t("<|im_end|>"), t("<|im_start|>"), t("assistant")]
+    assert item["pixel_values"].shape == (1, 3, 32, 32)
 
 
 # ----------------------------------------------------------------------------------------------- train + export
@@ -255,6 +271,11 @@ def test_train_with_grades_then_export_round_trips(checkpoint, tmp_path, capsys)
     again = NanoVLMAdapter.load(out)
     assert torch.equal(again.model.MP.proj.weight, after["MP.proj.weight"])
     assert main(["export", str(run), "--format", "nanovlm", "--out", str(out)]) == 2
+    # eval and report read the run like any nanoVLM run
+    assert main(["eval", "--task", "easyvqa", "--model", str(run), "--max-samples", "4", "--batch-size", "3",
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert (tmp_path / "eval" / "easyvqa_scores.json").is_file()
+    assert main(["report", str(run), "--format", "json"]) == 0
 
 
 def test_components_reads_a_native_config(checkpoint, capsys):
