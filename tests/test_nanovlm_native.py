@@ -331,3 +331,17 @@ def test_preset_model_exports_a_v01_config(tmp_path):
     conv = NanoVLMAdapter(VisionLanguageModel(VLMConfig()), tokenizer=None)
     with pytest.raises(UserError, match="--format nanovlm: the 'conv' ViT stem"):
         export_nanovlm(conv, tmp_path / "conv")
+
+
+def test_several_images_per_row_are_spliced_in_row_order():
+    cfg = VLMConfig(image_token_id=3)
+    model = VisionLanguageModel(cfg)
+    n = cfg.mp_image_token_length
+    row = lambda a, b: torch.tensor([5] + [3] * n + [6] + [3] * n + [a, b])  # two images per row (tiles)
+    ids = torch.stack([row(7, 8), row(9, 10)])
+    images = torch.randn(4, 3, cfg.vit_img_size, cfg.vit_img_size)
+    x = model.embed(ids, images)
+    feats = model.MP(model.vision_encoder(images))
+    assert torch.equal(x[1, 2 + n:2 + 2 * n], feats[3]) and torch.equal(x[0, 1:1 + n], feats[0])
+    with pytest.raises(ValueError, match="every image needs exactly"):
+        model.embed(ids, images[:3])
