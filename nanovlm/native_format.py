@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from nanovlm.config import VLMConfig
+from nanovlm.errors import CheckpointError
 
 # config fields that decide the weights' shapes or the forward pass
 MODEL_FIELDS = {
@@ -64,10 +65,10 @@ class NativePipeline:
 
 
 def translate_config(raw: dict, source: str = "config.json") -> tuple[VLMConfig, NativePipeline]:
-    """nanoVLM config.json -> (the bundled model's VLMConfig, the pipeline). ValueError "<source>: ..." naming
-    the first field this code cannot reproduce. Token ids are set later from the tokenizer."""
-    def bad(msg: str) -> ValueError:
-        return ValueError(f"{source}: {msg}")
+    """nanoVLM config.json -> (the bundled model's VLMConfig, the pipeline). CheckpointError "<source>: ..."
+    naming the first field this code cannot reproduce. Token ids are set later from the tokenizer."""
+    def bad(msg: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {msg}")
 
     unknown = sorted(set(raw) - KNOWN_FIELDS)
     if unknown:
@@ -192,22 +193,22 @@ def to_bundled(state: dict[str, torch.Tensor], cfg: VLMConfig, source: str) -> d
         state["decoder.head.weight"] = state.pop("decoder.token_embedding.weight")  # saved by a different keeper
     elif "decoder.token_embedding.weight" in state:
         if not torch.equal(state["decoder.token_embedding.weight"], state["decoder.head.weight"]):
-            raise ValueError(f"{source}: decoder.head.weight differs from decoder.token_embedding.weight "
-                             f"(untied weights are not supported)")
+            raise CheckpointError(f"{source}: decoder.head.weight differs from decoder.token_embedding.weight "
+                                  f"(untied weights are not supported)")
         del state["decoder.token_embedding.weight"]
     out: dict[str, torch.Tensor] = {}
     for theirs, ours in names.items():
         if theirs not in state:
-            raise ValueError(f"{source}: tensor {theirs} missing (does config.json match the weights?)")
+            raise CheckpointError(f"{source}: tensor {theirs} missing (does config.json match the weights?)")
         out[ours] = state.pop(theirs).float()
     out["decoder.token_embedding.weight"] = out["decoder.head.weight"]
     inv = state.pop(ROTARY_BUFFER, None)
     if inv is not None and (inv.shape != rotary_inv_freq(cfg).shape
                             or not torch.allclose(inv.float(), rotary_inv_freq(cfg), rtol=1e-5)):
-        raise ValueError(f"{source}: {ROTARY_BUFFER} does not match lm_re_base {cfg.lm_re_base} "
-                         f"and the head size {cfg.lm_hidden_dim // cfg.lm_n_heads}")
+        raise CheckpointError(f"{source}: {ROTARY_BUFFER} does not match lm_re_base {cfg.lm_re_base} "
+                              f"and the head size {cfg.lm_hidden_dim // cfg.lm_n_heads}")
     if state:
-        raise ValueError(f"{source}: unused tensor {sorted(state)[0]} (does config.json match the weights?)")
+        raise CheckpointError(f"{source}: unused tensor {sorted(state)[0]} (does config.json match the weights?)")
     return out
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanovlm.config import VLMConfig
+from nanovlm.errors import CheckpointError
 from nanovlm.language_model import LanguageModel
 from nanovlm.modality_projector import ModalityProjector
 from nanovlm.vision_transformer import ViT
@@ -142,29 +143,27 @@ class VisionLanguageModel(nn.Module):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from vlm_grades.errors import UserError
-
         d = Path(directory)
         cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
         if not cfg_path.is_file():
-            raise UserError(f"{cfg_path}: no nanoVLM config (expected a folder written by save_pretrained)")
+            raise CheckpointError(f"{cfg_path}: no nanoVLM config (expected a folder written by save_pretrained)")
         try:
             raw = json.loads(cfg_path.read_text())
         except (OSError, ValueError) as e:
-            raise UserError(f"{cfg_path}: cannot read JSON ({e})") from None
+            raise CheckpointError(f"{cfg_path}: cannot read JSON ({e})") from None
         if not isinstance(raw, dict) or raw.get("model_type", MODEL_TYPE) != MODEL_TYPE:
             kind = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
-            raise UserError(f"{cfg_path}: not a nanoVLM config (model_type {kind!r})")
+            raise CheckpointError(f"{cfg_path}: not a nanoVLM config (model_type {kind!r})")
         try:
             cfg = VLMConfig.from_dict(raw)
         except (TypeError, ValueError) as e:
-            raise UserError(f"{cfg_path}: {e}") from None
+            raise CheckpointError(f"{cfg_path}: {e}") from None
         if not w_path.is_file():
-            raise UserError(f"{w_path}: weights file missing")
+            raise CheckpointError(f"{w_path}: weights file missing")
         try:
             state = load_file(str(w_path))
         except (OSError, SafetensorError) as e:
-            raise UserError(f"{w_path}: cannot read safetensors ({e})") from None
+            raise CheckpointError(f"{w_path}: cannot read safetensors ({e})") from None
         model = cls(cfg)
         check_state_dict(model, state, str(w_path), optional={"decoder.head.weight"} if cfg.lm_tie_weights else set())
         model.load_state_dict(state, strict=False)

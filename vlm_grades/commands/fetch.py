@@ -24,8 +24,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nanovlm.errors import CheckpointError
     from nanovlm.weights import fetch_smollm2
+    from vlm_grades.errors import as_user_error
 
     if args.name == "smollm2-135m":
-        fetch_smollm2(args.cache_dir, force=args.force)
+        with as_user_error(CheckpointError):
+            fetch_smollm2(args.cache_dir, force=args.force)
     return 0

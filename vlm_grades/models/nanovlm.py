@@ -11,9 +11,10 @@ import torch
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from nanovlm.config import VLMConfig
+from nanovlm.errors import CheckpointError
 from nanovlm.vision_language_model import VisionLanguageModel
 from vlm_grades.data.schema import Sample, load_image
-from vlm_grades.errors import UserError
+from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.models.tokenizer_words import IMAGE, build_word_tokenizer
 
 ADAPTER_FILE = "vlm_grades_adapter.json"
@@ -64,7 +65,8 @@ class NanoVLMAdapter:
             tokenizer = build_word_tokenizer(texts)
             image_token = IMAGE
         else:
-            source = tokenizer_path or lm_weights or str(weights.require_smollm2_cache())
+            with as_user_error(CheckpointError):
+                source = tokenizer_path or lm_weights or str(weights.require_smollm2_cache())
             tokenizer = _load_tokenizer(source)
             image_token = next((t for t in SMOLLM2_IMAGE_TOKENS if t in tokenizer.get_vocab()), None)
             if image_token is None:
@@ -77,10 +79,11 @@ class NanoVLMAdapter:
             tokens["lm_vocab_size"] = len(tokenizer)
         cfg = VLMConfig.preset(preset, **{**tokens, **overrides})
         model = VisionLanguageModel(cfg)
-        if preset != "tiny":
-            weights.load_smollm2(model.decoder, lm_weights or str(weights.smollm2_cache_dir()))
-        if vision_weights:
-            weights.load_siglip_vision(model.vision_encoder, vision_weights)
+        with as_user_error(CheckpointError):
+            if preset != "tiny":
+                weights.load_smollm2(model.decoder, lm_weights or str(weights.smollm2_cache_dir()))
+            if vision_weights:
+                weights.load_siglip_vision(model.vision_encoder, vision_weights)
         return cls(model, tokenizer, preset)
 
     @classmethod
@@ -95,7 +98,8 @@ class NanoVLMAdapter:
             return native.NativeNanoVLMAdapter.load_native(str(path))
         if raw is None:
             raise UserError(f"{path}: not a nanoVLM checkpoint (no config.json)")
-        model = VisionLanguageModel.from_pretrained(str(path))
+        with as_user_error(CheckpointError):
+            model = VisionLanguageModel.from_pretrained(str(path))
         tokenizer = _load_tokenizer(str(path))
         meta = json.loads((path / ADAPTER_FILE).read_text()) if (path / ADAPTER_FILE).exists() else {}
         if (path / native.NATIVE_FILE).is_file():

@@ -13,10 +13,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from nanovlm import native_format as nf
+from nanovlm.errors import CheckpointError
 from nanovlm.tiling import image_token_layout, tiled_size, tiles_with_global
 from nanovlm.vision_language_model import VisionLanguageModel
+from nanovlm.weights import check_state_dict
 from vlm_grades.data.schema import Sample, load_image
-from vlm_grades.errors import UserError
+from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter, _load_tokenizer
 
 NATIVE_FILE = "nanovlm_native.json"     # beside vlm-grades' own save: the original config, dtypes, header
@@ -125,9 +127,8 @@ class NativeNanoVLMAdapter(NanoVLMAdapter):
             mapped = nf.to_bundled(state, cfg, str(weights))
         except ValueError as e:
             raise UserError(str(e)) from None
-        from nanovlm.weights import check_state_dict
-
-        check_state_dict(model, mapped, str(weights))
+        with as_user_error(CheckpointError):
+            check_state_dict(model, mapped, str(weights))
         model.load_state_dict(mapped, strict=True)
         native = {"config": raw, "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()},
                   "metadata": metadata}
