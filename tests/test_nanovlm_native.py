@@ -286,6 +286,16 @@ def test_components_reads_a_native_config(checkpoint, capsys):
     assert len(comps) == 2 * 4 + 1 + 2 * 7
 
 
+def test_components_names_a_bad_native_config_once(tok, tmp_path, capsys):
+    cfg = v01_config(tok, vocab(tok, False))
+    cfg["vit_cls_flag"] = True
+    folder = write_checkpoint(tmp_path / "odd", cfg)
+    assert main(["components", "--model", "nanovlm", "--model-path", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"vlm-grades components: error: --model-path: {folder / 'config.json'}: vit_cls_flag true is not " \
+                  "supported (the bundled ViT has no CLS token)\n"
+
+
 # ----------------------------------------------------------------------------------------------- the 222M format
 NANOVLM_222M_CONFIG = {  # nanoVLM v0.1's defaults, as lusxvr/nanoVLM-222M's config.json holds them
     "vit_hidden_dim": 768, "vit_inter_dim": 3072, "vit_patch_size": 16, "vit_img_size": 224, "vit_n_heads": 12,

@@ -39,12 +39,15 @@ def build_meta_model(model: str, preset: str = "222m", model_path: str | None = 
             cfg_file = Path(model_path) / "config.json"
             if not cfg_file.exists():
                 raise UserError(f"--model-path: {cfg_file} does not exist")
+            from nanovlm.errors import CheckpointError
             from nanovlm.native_format import is_native_config, translate_config
 
             try:
                 raw = json.loads(cfg_file.read_text())
                 # nanoVLM's own format (no model_type) or a folder vlm-grades saved
                 cfg = translate_config(raw, str(cfg_file))[0] if is_native_config(raw) else VLMConfig.from_dict(raw)
+            except CheckpointError as e:   # translate_config's messages start with the file
+                raise UserError(f"--model-path: {e}") from None
             except (ValueError, TypeError) as e:
                 raise UserError(f"--model-path: {cfg_file}: {e}") from None
         else:
