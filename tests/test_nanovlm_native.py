@@ -4,6 +4,7 @@ training did not touch them; the tiled prompt layout; the 222m preset against th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,19 @@ def test_offline_hub_id_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="lusxvr/nanoVLM-222M: not a local folder"):
         NanoVLMAdapter.load("lusxvr/nanoVLM-222M")
+
+
+@pytest.mark.parametrize("path", ["runs/foo", "./owner/name", "/no/such/dir", "~/nope/x"])
+def test_missing_local_path_is_not_tried_on_the_hub(tmp_path, monkeypatch, path):
+    import huggingface_hub
+
+    def no_hub(*a, **k):
+        raise AssertionError("tried the hub")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match=f"^--model-path: {re.escape(path)}: no such folder$"):
+        NanoVLMAdapter.load(path)
 
 
 # ----------------------------------------------------------------------------------------------- prompts

@@ -357,6 +357,18 @@ def test_hub_id_goes_through_from_pretrained(monkeypatch):
     assert seen == ["Qwen/Qwen2.5-VL-3B-Instruct"] and "Qwen/Qwen2.5-VL-3B-Instruct" in _one_line(e)
 
 
+def test_missing_local_folder_is_not_tried_on_the_hub(monkeypatch, tmp_path):
+    import transformers
+
+    def no_hub(*a, **k):
+        raise AssertionError("tried the hub")
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match="^--model-path: runs/foo: no such folder$"):
+        Qwen25VLAdapter.load("runs/foo")
+
+
 def test_prompt_over_max_length_is_user_error(ckpt):
     a = Qwen25VLAdapter.load(str(ckpt), max_length=8)
     with pytest.raises(UserError, match="--max-length"):

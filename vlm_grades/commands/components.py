@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from vlm_grades.errors import UserError
 
@@ -34,8 +35,6 @@ def build_meta_model(model: str, preset: str = "222m", model_path: str | None = 
         from nanovlm.vision_language_model import VisionLanguageModel
 
         if model_path:
-            from pathlib import Path
-
             cfg_file = Path(model_path) / "config.json"
             if not cfg_file.exists():
                 raise UserError(f"--model-path: {cfg_file} does not exist")
@@ -61,6 +60,10 @@ def build_meta_model(model: str, preset: str = "222m", model_path: str | None = 
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     if model_path:
+        if not Path(model_path).expanduser().exists():
+            from vlm_grades.models.hub import hub_id
+
+            hub_id(model_path)
         try:
             config = Qwen2_5_VLConfig.from_pretrained(model_path)
         except (OSError, ValueError) as e:

@@ -92,10 +92,10 @@ class NanoVLMAdapter:
         from nanovlm.native_format import is_native_config
         from vlm_grades.models import nanovlm_native as native
 
-        path = Path(path)
+        source, path = str(path), Path(path)   # the user's spelling: Path drops a leading "./"
         raw = native.read_config(path) if path.is_dir() else None
         if not path.exists() or is_native_config(raw):
-            return native.NativeNanoVLMAdapter.load_native(str(path))
+            return native.NativeNanoVLMAdapter.load_native(source)
         if raw is None:
             raise UserError(f"{path}: not a nanoVLM checkpoint (no config.json)")
         with as_user_error(CheckpointError):

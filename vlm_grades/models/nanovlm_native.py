@@ -4,7 +4,6 @@ folder format (plus what export needs), and export back to nanoVLM's format."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from nanovlm.vision_language_model import VisionLanguageModel
 from nanovlm.weights import check_state_dict
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
+from vlm_grades.models.hub import hub_id
 from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter, _load_tokenizer
 
 NATIVE_FILE = "nanovlm_native.json"     # beside vlm-grades' own save: the original config, dtypes, header
@@ -42,8 +42,7 @@ def resolve(source: str) -> Path:
     p = Path(source).expanduser()
     if p.exists():
         return p
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", source) or source.startswith((".", "/", "~")):
-        raise UserError(f"--model-path: {source}: no such folder")
+    hub_id(source)
     try:
         from huggingface_hub import hf_hub_download
 

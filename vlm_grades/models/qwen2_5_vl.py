@@ -26,6 +26,7 @@ from torch import nn
 
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError
+from vlm_grades.models.hub import hub_id
 from vlm_grades.models.lora import LoraSettings, apply_lora, load_lora
 
 log = logging.getLogger("vlm_grades.models")
@@ -48,7 +49,6 @@ _SEQ_KEYS = {"input_ids": None, "attention_mask": 0, "labels": IGNORE, "mm_token
 _MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def modality_of(parameter_name: str) -> str:
@@ -355,9 +355,7 @@ def _resolve_source(model_path: str) -> str:
         if not p.is_dir():
             raise UserError(f"{model_path}: not a folder (expected a Qwen2.5-VL checkpoint folder)")
         return str(p.resolve())
-    if _HUB_ID.match(model_path) and not model_path.startswith((".", "~")):
-        return model_path
-    raise UserError(f"{model_path}: no such model folder")
+    return hub_id(model_path)
 
 
 def _check_config(model_path: str, source: str) -> None:
