@@ -70,38 +70,36 @@ class FeatureCache:
         self.hits = self.misses = self.evictions = 0
         self.skipped_rows = {"vision": 0, "projector": 0}   # tower rows not computed thanks to hits, since taken
 
-    def lookup(self, keys: Sequence[str], encode_missing: Callable[[list[int]], list[torch.Tensor]],
+    def lookup(self, keys: Sequence[str], encode: Callable[[int], torch.Tensor],
                rows: Sequence[dict[str, int]] | None = None) -> list[torch.Tensor]:
-        """Features of each image of `keys`; encode_missing(indices) runs the tower on the images at those
-        indices (one call) and returns their features in that order. rows[i]: the tower rows image i costs."""
+        """Features of each image of `keys`; encode(i) runs the tower on image i alone and returns its features.
+        rows[i]: the tower rows image i costs (counted as skipped when it is found).
+
+        One image per tower call: the features are then a function of the image only, not of its batch-mates
+        (matrix-multiply results depend on the number of rows), so a resumed run, which meets its images in
+        other company, gets the same bits as the run it continues."""
         found: list[torch.Tensor | None] = []
         for key in keys:
             value = self.entries.get(key)
             if value is not None:
                 self.entries.move_to_end(key)
             found.append(value)
-        first: dict[str, int] = {}   # an image twice in one batch goes through the tower once
-        for i, f in enumerate(found):
-            if f is None:
-                first.setdefault(keys[i], i)
-        missing = list(first.values())
-        if missing:
-            import torch
+        computed: dict[str, torch.Tensor] = {}   # an image twice in one batch goes through the tower once
+        for i, key in enumerate(keys):
+            if found[i] is None and key not in computed:
+                import torch
 
-            with torch.no_grad():
-                # a copy: a row of the batch's output would keep the whole batch tensor alive
-                computed = {i: f.detach().clone() for i, f in zip(missing, encode_missing(missing))}
-            for i, key in enumerate(keys):
-                if found[i] is None:
-                    found[i] = computed[first[key]]
-            for i in missing:
-                self._put(keys[i], found[i])
-        self.misses += len(missing)
-        self.hits += len(keys) - len(missing)
+                with torch.no_grad():
+                    computed[key] = encode(i).detach()
+                self._put(key, computed[key])
+            if found[i] is None:
+                found[i] = computed[key]
+        self.misses += len(computed)
+        self.hits += len(keys) - len(computed)
         if rows is not None:
-            absent = set(missing)
+            first_miss = {key: i for i, key in reversed(list(enumerate(keys))) if key in computed}
             for i, r in enumerate(rows):
-                if i not in absent:
+                if first_miss.get(keys[i]) != i:
                     for m in self.skipped_rows:
                         self.skipped_rows[m] += int(r.get(m, 0))
         return found   # type: ignore[return-value]
