@@ -135,6 +135,13 @@ def test_training_with_frozen_tower_uses_the_cache_and_matches_the_tower(tmp_pat
     assert last["feature_cache"]["hit_rate"] > 0.5 and last["feature_cache"]["bytes"] > 0
     assert sum(m["cached_rows"]["vision"] for m in run.read("metrics")) > 0
     assert not any("feature_cache" in m for m in RunFolder(tmp_path / "plain").read("metrics"))
+    from vlm_grades.report import flops
+    from vlm_grades.report.run_data import RunData
+
+    saved = {r: flops.estimate(RunData.load(tmp_path / r))["modalities"]["vision"]["saved"] for r in ("cached", "plain")}
+    vision = json.loads((tmp_path / "cached" / "components.json").read_text())["modalities"]["vision"]["parameters"]
+    skipped = sum(m["cached_rows"]["vision"] for m in run.read("metrics"))
+    assert saved["cached"] - saved["plain"] == pytest.approx(2 * vision * skipped)   # the skipped forwards
     first = [RunFolder(tmp_path / r).read("metrics")[0]["loss"] for r in ("cached", "plain")]
     assert abs(first[0] - first[1]) < TOL * abs(first[1])
     a, b = weights(tmp_path / "cached"), weights(tmp_path / "plain")
@@ -255,3 +262,15 @@ def test_qwen_lora_on_the_vision_tower_blocks_the_cache(qwen_ckpt):
 
     adapter = Qwen25VLAdapter.load(str(qwen_ckpt), lora=LoraSettings(targets="language,vision"))
     assert "LoRA adapters on the vision" in adapter.feature_cache_blocker()
+
+
+def test_qwen_lora_training_with_frozen_tower_uses_the_cache(qwen_ckpt, tmp_path):
+    argv = ["train", "--model", "qwen2.5-vl", "--model-path", str(qwen_ckpt), "--task", "easyvqa", "--steps", "6",
+            "--batch-size", "4", "--max-samples", "24", "--eval-split=", "--no-progress", "--stopping", "none",
+            "--lora", "--freeze", "vision,projector"]
+    assert main(argv + ["--out", str(tmp_path / "cached")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "plain"), "--feature-cache", "0"]) == 0
+    cached, plain = (RunFolder(tmp_path / r).read("metrics") for r in ("cached", "plain"))
+    assert cached[-1]["feature_cache"]["hits"] > 0
+    for a, b in zip(cached, plain):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 * abs(b["loss"])
