@@ -10,6 +10,7 @@ submission server takes (every question it expects, answered or empty).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -18,6 +19,9 @@ from typing import Any, Callable
 
 from eval import coco, easyvqa, formats, gqa, vqav2
 from vlm_grades.errors import UserError
+from vlm_grades.feature_cache import DEFAULT_SIZE, FeatureCache, parse_size
+
+DEFAULT_CACHE_BYTES = parse_size(DEFAULT_SIZE)
 
 TASKS = ("vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption", "scenes")
 HEADLINE = {"vqav2": "accuracy", "gqa": "accuracy", "coco": "CIDEr", "easyvqa": "accuracy",
@@ -93,8 +97,33 @@ class _Preprocessed:
 
 
 def generate(adapter, samples: list, batch_size: int = 16, max_new_tokens: int = 16, num_workers: int = 0,
-             progress: bool = True, desc: str = "eval") -> list[str]:
-    """Batched greedy generation in sample order, with a progress bar showing samples/s."""
+             progress: bool = True, desc: str = "eval", feature_cache: int = DEFAULT_CACHE_BYTES,
+             stats: dict | None = None) -> list[str]:
+    """Batched greedy generation in sample order, with a progress bar showing samples/s. feature_cache: bytes
+    for the features of repeated images (the model is fixed here, so always valid; 0 = off); its statistics
+    go to `stats` when given."""
+    with _feature_cache(adapter, feature_cache) as cache:
+        texts = _generate(adapter, samples, batch_size, max_new_tokens, num_workers, progress, desc)
+        if cache is not None and stats is not None:
+            stats["feature_cache"] = cache.stats()
+    return texts
+
+
+@contextlib.contextmanager
+def _feature_cache(adapter, max_bytes: int):
+    """A fresh feature cache on the adapter for one evaluation (None: off, or an adapter without one)."""
+    if max_bytes <= 0 or not hasattr(adapter, "feature_cache"):
+        yield None
+        return
+    previous, adapter.feature_cache = adapter.feature_cache, FeatureCache(max_bytes)
+    try:
+        yield adapter.feature_cache
+    finally:
+        adapter.feature_cache = previous
+
+
+def _generate(adapter, samples: list, batch_size: int, max_new_tokens: int, num_workers: int, progress: bool,
+              desc: str) -> list[str]:
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -125,15 +154,18 @@ def generate(adapter, samples: list, batch_size: int = 16, max_new_tokens: int =
 
 
 def _generate_keyed(adapter, samples: list, task: str, batch_size: int, max_new_tokens: int | None,
-                   num_workers: int, progress: bool) -> tuple[list[str], list[str], dict[str, Any]]:
+                   num_workers: int, progress: bool, feature_cache: int
+                   ) -> tuple[list[str], list[str], dict[str, Any]]:
     """(sample keys, generated texts, generation statistics)."""
     max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[task]
     start = time.perf_counter()
-    texts = generate(adapter, samples, batch_size, max_new_tokens, num_workers, progress, desc=f"eval {task}")
+    stats: dict[str, Any] = {}
+    texts = generate(adapter, samples, batch_size, max_new_tokens, num_workers, progress, desc=f"eval {task}",
+                     feature_cache=feature_cache, stats=stats)
     seconds = time.perf_counter() - start
     generation = {"samples": len(samples), "seconds": round(seconds, 3),
                   "samples_per_s": round(len(samples) / seconds, 3) if seconds > 0 else None,
-                  "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+                  "batch_size": batch_size, "max_new_tokens": max_new_tokens, **stats}
     return [sample_key(task, s) for s in samples], texts, generation
 
 
@@ -145,7 +177,7 @@ def _write_samples(path: Path, records) -> None:
 
 def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size: int = 16,
              max_new_tokens: int | None = None, num_workers: int = 0, progress: bool = True,
-             **score_options) -> dict[str, Any]:
+             feature_cache: int = DEFAULT_CACHE_BYTES, **score_options) -> dict[str, Any]:
     """Generate answers for `samples`, write them in the official format, score them (the same metric
     functions as `vlm-grades score`). score_options: lmms_eval (vqav2, gqa), raw (easyvqa), spice,
     spice_corenlp (coco). Returns the scores dict, also written to <task>_scores.json."""
@@ -154,7 +186,7 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
         raise UserError(f"{task}: no samples to evaluate")
     references = references_from_samples(task, samples)  # validate before spending time generating
     keys, texts, generation = _generate_keyed(adapter, samples, task, batch_size, max_new_tokens, num_workers,
-                                              progress)
+                                              progress, feature_cache)
     predictions = dict(zip(keys, texts))
 
     result, per_sample = score_predictions(task, predictions, references, pred_name=f"{task} generation",
@@ -176,7 +208,7 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
 
 def predict(adapter, samples: list, task: str, out_dir: str | Path, batch_size: int = 16,
             max_new_tokens: int | None = None, num_workers: int = 0, progress: bool = True,
-            submission_ids: list[str] | None = None) -> dict[str, Any]:
+            submission_ids: list[str] | None = None, feature_cache: int = DEFAULT_CACHE_BYTES) -> dict[str, Any]:
     """Generate answers without scoring them (a split without public answers). Writes <task>_predictions.json,
     <task>_samples.jsonl and <task>_submission.json: the official result format over `submission_ids`
     (default: the samples'), an empty answer for each id without a prediction, as the servers want every
@@ -187,7 +219,7 @@ def predict(adapter, samples: list, task: str, out_dir: str | Path, batch_size: 
     if len({sample_key(task, s) for s in samples}) != len(samples):
         raise UserError(f"{task} samples: duplicate sample ids")
     keys, texts, generation = _generate_keyed(adapter, samples, task, batch_size, max_new_tokens, num_workers,
-                                              progress)
+                                              progress, feature_cache)
     predictions = dict(zip(keys, texts))
     ids = list(submission_ids) if submission_ids is not None else list(keys)
     listed = set(ids)

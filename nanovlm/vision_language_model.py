@@ -29,11 +29,17 @@ class VisionLanguageModel(nn.Module):
         self.decoder = LanguageModel(cfg)
 
     # ------------------------------------------------------------------ embedding
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected image features: images (B, 3, H, W) -> (B, mp_image_token_length, lm D)"""
+        return self.MP(self.vision_encoder(images.to(self.MP.proj.weight.dtype)))
+
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None,
-              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+              attention_mask: torch.Tensor | None = None, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the image-token positions replaced by projected image features, in
         row-major order: with B images row b gets image b; with more (tiles), each run of
-        mp_image_token_length image tokens takes the next image. images (N, 3, H, W) -> (B, T, lm D)"""
+        mp_image_token_length image tokens takes the next image. image_features (N, n, lm D), when given,
+        stand in for the vision encoder and projector (features computed earlier for these images).
+        images (N, 3, H, W) -> (B, T, lm D)"""
         embeds = self.decoder.token_embedding(input_ids)                       # (B, T, D)
         image_pos = input_ids == self.cfg.image_token_id
         if attention_mask is not None:
@@ -59,8 +65,7 @@ class VisionLanguageModel(nn.Module):
                 f"input_ids hold {sum(counts)} image tokens (id {self.cfg.image_token_id}) in rows of {counts} for "
                 f"{images.shape[0]} images; every image needs exactly {n} (mp_image_token_length)"
             )
-        param = self.MP.proj.weight
-        feats = self.MP(self.vision_encoder(images.to(param.dtype)))           # (B, n, D)
+        feats = self.image_features(images) if image_features is None else image_features   # (B, n, D)
         return embeds.masked_scatter(image_pos.unsqueeze(-1), feats.to(embeds.dtype))
 
     # ------------------------------------------------------------------ training
@@ -70,11 +75,12 @@ class VisionLanguageModel(nn.Module):
         images: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids (B, T) long, images (B, 3, H, W), attention_mask (B, T) 1 = real / 0 = pad,
         labels (B, T) aligned with input_ids (-100 = ignored; shifted here).
         -> (logits (B, T, V), mean next-token loss over the labelled tokens, or None)"""
-        x = self.embed(input_ids, images, attention_mask)
+        x = self.embed(input_ids, images, attention_mask, image_features)
         logits, _ = self.decoder(x, attention_mask)
         loss = None
         if labels is not None:
@@ -90,6 +96,7 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 16,
         eos_token_id: int | None = None,
+        image_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Greedy decoding with a KV cache; batches must be LEFT padded. eos_token_id None uses
         cfg.eos_token_id. Stops once every row has produced EOS; rows that finished earlier are filled
@@ -106,7 +113,7 @@ class VisionLanguageModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            x = self.embed(input_ids, images, attention_mask)
+            x = self.embed(input_ids, images, attention_mask, image_features)
             logits, cache = self.decoder(x, attention_mask, use_cache=True, last_only=True)
             next_pos = attention_mask.sum(1, keepdim=True) - 1                 # position of the last real token
             finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)

@@ -69,10 +69,11 @@ def test_step_cost_minimal(tmp_path):
     sc = load("step_cost")
     results = tmp_path / "results"
     assert sc.main(["--presets", "tiny", "--reps", "1", "--steps", "1", "--batch-size", "4", "--threads", "0",
-                    "--scenarios", "vision matrices frozen", "vision finalized",
+                    "--scenarios", "vision matrices frozen", "vision finalized", "vision + projector cached",
                     "--results", str(results), "--tag", "smoke"]) == 0
     data = json.loads((results / "step_cost-smoke.json").read_text())
     scen = {s["scenario"]: s for s in data["presets"][0]["scenarios"]}
     assert scen["vision finalized"]["finalized"] == ["vision"]
     assert 0 < scen["vision finalized"]["ideal_ratio"] < scen["vision matrices frozen"]["ideal_ratio"] < 1
+    assert scen["vision + projector cached"]["ideal_ratio"] < scen["vision finalized"]["ideal_ratio"]
     assert all(s["ratio"] > 0 for s in scen.values())

@@ -79,6 +79,7 @@ class TrainConfig:
     max_new_tokens: int = 16
     report_to: list[str] = field(default_factory=list)     # tensorboard, wandb
     progress: bool = True
+    feature_cache: str = "2GB"             # frozen-tower feature cache bound (memory), "0" = off
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -155,6 +156,7 @@ class TrainConfig:
                 raise UserError(f"--mix-data: mixed task {self.mix_task} needs a data folder, file or hub id")
         self._check_trainable()
         self._check_trackers()
+        self.feature_cache_bytes()
         if self.stopping == "grades":
             from vlm_grades.grades.config import GradESConfig
 
@@ -203,6 +205,14 @@ class TrainConfig:
         if not trainable - set(self.freeze):
             what = f" (LoRA adapters on {', '.join(lora.targets)})" if self.lora else ""
             raise UserError(f"--freeze {','.join(self.freeze)}: leaves nothing to train{what}")
+
+    def feature_cache_bytes(self) -> int:
+        from vlm_grades.feature_cache import parse_size
+
+        try:
+            return parse_size(self.feature_cache)
+        except ValueError as e:
+            raise UserError(f"--feature-cache: {e}") from None
 
     def lora_settings(self):
         """The LoraSettings of a --lora run (None without): the projector trains fully beside the adapters

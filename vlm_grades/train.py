@@ -27,6 +27,7 @@ from vlm_grades.components import build_registry
 from vlm_grades.config import MODALITIES, TrainConfig
 from vlm_grades.divergence import keep_last_finite, nonfinite_parameter
 from vlm_grades.errors import UserError
+from vlm_grades.feature_cache_switch import FeatureCacheSwitch
 from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
 from vlm_grades.resume import resume_point
 from vlm_grades.run_folder import RunFolder, check_can_create
@@ -89,6 +90,9 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self.model = self._wrap()
+        self.feature_cache = FeatureCacheSwitch(self.adapter, self.modality_params, cfg.feature_cache_bytes(),
+                                                emit=self.run.append if self.main else None,
+                                                say=print if self.main else None)
 
     # setup --------------------------------------------------------------------------------------
     def _build_grades(self):
@@ -173,6 +177,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=state.step, disable=not (cfg.progress and self.main),
                    desc="train", unit="step", dynamic_ncols=True)
         self.module.train()
+        self.feature_cache.update(state.step)
         while state.step < cfg.steps and state.stop_reason is None:
             t0 = time.perf_counter()
             losses, tokens = [], {m: 0 for m in MODALITIES}
@@ -196,6 +201,7 @@ class Trainer:
                     self.model = self._wrap()
                 if self.grades.should_stop:
                     state.stop_reason = self.grades.stop_reason or "all components frozen"
+                self.feature_cache.update(state.step)
             loss = sum(losses) / len(losses)
             if self.acc.num_processes > 1:   # the global batch's loss: every rank takes the same decisions on it
                 loss = float(self.acc.reduce(torch.tensor(loss, device=self.acc.device), reduction="mean"))
@@ -230,6 +236,7 @@ class Trainer:
         record = {"step": state.step, "epoch": state.epoch + state.position / max(1, len(self.sampler)),
                   "loss": loss, "lr": current_lrs(self.optimizer), "step_time": step_time, "wall": state.wall,
                   "tokens": tokens, "frozen": frozen}
+        record.update(self.feature_cache.step_record(self._reduce_sum if self.acc.num_processes > 1 else None) or {})
         if self.main:
             self.run.append("metrics", record)
             if self.cfg.report_to and state.step % self.cfg.log_every == 0:
@@ -239,7 +246,11 @@ class Trainer:
                 self.acc.log(flat, step=state.step)
         bar.update(1)
         bar.set_postfix_str(f"loss {loss:.3f} | {step_time * 1000:.0f} ms/step | frozen "
-                            + " ".join(f"{m[0].upper()} {frozen.get(m, 0):.0%}" for m in MODALITIES), refresh=False)
+                            + " ".join(f"{m[0].upper()} {frozen.get(m, 0):.0%}" for m in MODALITIES)
+                            + self.feature_cache.postfix(), refresh=False)
+
+    def _reduce_sum(self, values: list[int]) -> list[int]:
+        return [int(v) for v in self.acc.reduce(torch.tensor(values, device=self.acc.device), reduction="sum")]
 
     # classic early stopping ---------------------------------------------------------------------
     @torch.no_grad()
@@ -395,7 +406,8 @@ def evaluate_held_out(cfg: TrainConfig, adapter, run: RunFolder, step: int, samp
         samples = load_split(cfg, cfg.eval_split, cfg.eval_max_samples, "evaluation", data=cfg.eval_data or cfg.data)
     adapter.model.eval()
     result = evaluate(adapter, samples, cfg.task, run.path / "eval", batch_size=cfg.eval_batch_size,
-                      max_new_tokens=cfg.max_new_tokens, progress=cfg.progress)
+                      max_new_tokens=cfg.max_new_tokens, progress=cfg.progress,
+                      feature_cache=cfg.feature_cache_bytes())
     run.append("events", {"type": "eval", "step": step, "task": cfg.task, "split": cfg.eval_split,
                           "score": result.get("score"), "metrics": result})
     return result

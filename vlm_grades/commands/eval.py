@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlm_grades.commands.score import add_scoring_flags, check_scoring_flags
 from vlm_grades.errors import UserError
+from vlm_grades.feature_cache import DEFAULT_SIZE, parse_size
 
 
 def register(subparsers) -> None:
@@ -30,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default: RUN/eval for a run folder, else ./eval-<task>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--feature-cache", default=DEFAULT_SIZE, metavar="SIZE",
+                   help="memory for the features of repeated images (each image through the vision encoder "
+                        "once), e.g. 2GB, 512MB, 0 = off (default %(default)s)")
     p.add_argument("--allow-unanswered", action="store_true",
                    help="vqav2/gqa splits without public answers (test-dev, test): predict without scoring and "
                         "write <task>_submission.json for the submission server (vqav2 test-dev/test: every "
@@ -60,6 +64,10 @@ def check_flags(args) -> None:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, not {value}")
     if args.num_workers < 0:
         raise UserError(f"--num-workers: must be 0 or more, not {args.num_workers}")
+    try:
+        args.feature_cache_bytes = parse_size(args.feature_cache)
+    except ValueError as e:
+        raise UserError(f"--feature-cache: {e}") from None
 
 
 def run(args) -> int:
@@ -82,7 +90,7 @@ def run(args) -> int:
     adapter = load_for_eval(args.model)
     out = Path(args.out) if args.out else default_out(args.model, args.task)
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_workers=args.num_workers,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, feature_cache=args.feature_cache_bytes)
     if args.allow_unanswered:
         result = predict(adapter, list(samples), args.task, out, submission_ids=expected[0] if expected else None,
                          **options)

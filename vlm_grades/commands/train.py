@@ -100,6 +100,10 @@ def register(sub) -> None:
     r.add_argument("--report-to", type=_csv, default=S, help="trackers: tensorboard, wandb")
     r.add_argument("--log-every", type=int, default=S, help="tracker logging interval in steps")
     r.add_argument("--no-progress", action="store_true", default=S, help="no progress bar")
+    r.add_argument("--feature-cache", default=S, metavar="SIZE",
+                   help="memory for the frozen-tower feature cache, e.g. 2GB, 512MB, 0 = off (default 2GB): once "
+                        "vision and projector are frozen (--freeze or GradES), each image's projector output is "
+                        "computed once and reused; also used by the final evaluation")
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from nanovlm.errors import CheckpointError
 from nanovlm.vision_language_model import VisionLanguageModel
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
+from vlm_grades.feature_cache import FeatureCache, image_key
 from vlm_grades.models.tokenizer_words import IMAGE, build_word_tokenizer
 
 ADAPTER_FILE = "vlm_grades_adapter.json"
@@ -48,6 +49,9 @@ class NanoVLMAdapter:
         self.preset = preset
         self.max_length = max_length
         self.cfg: VLMConfig = model.cfg
+        self.feature_cache: FeatureCache | None = None   # set by the training loop or the eval runner
+        # a random transform of the (3, H, W) pixels of training images; while set, features cannot be cached
+        self.augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # construction -----------------------------------------------------------------------------
     @classmethod
@@ -120,7 +124,11 @@ class NanoVLMAdapter:
 
     def preprocess(self, sample: Sample, train: bool) -> dict[str, Any]:
         prompt = [self.cfg.image_token_id] * self.cfg.mp_image_token_length + self._ids(sample.prompt)
-        item = {"id": sample.id, "pixel_values": image_tensor(sample.image, self.cfg.vit_img_size)}
+        pixels = image_tensor(sample.image, self.cfg.vit_img_size)
+        if train and self.augment is not None:
+            pixels = self.augment(pixels)
+        item = {"id": sample.id, "pixel_values": pixels,
+                "image_key": image_key(sample.image, f"nanovlm:{self.cfg.vit_img_size}:bicubic:siglip")}
         if train:
             target = sample.meta.get("train_target", sample.targets[0])
             answer = self._ids(" " + target) + [self.cfg.eos_token_id]
@@ -148,6 +156,8 @@ class NanoVLMAdapter:
                 labels[row, cols] = torch.tensor(it["labels"])
         batch = {"ids": [it["id"] for it in items], "input_ids": input_ids, "attention_mask": attention,
                  "images": self.batch_images([it["pixel_values"] for it in items])}
+        if all("image_key" in it for it in items):
+            batch["image_keys"] = [it["image_key"] for it in items]
         if train:
             batch["labels"] = labels
         return batch
@@ -157,15 +167,39 @@ class NanoVLMAdapter:
         return torch.stack(pixel_values)
 
     # compute ----------------------------------------------------------------------------------
+    def feature_cache_blocker(self) -> str | None:
+        """Why the projector output of an image may differ between two training steps with the vision encoder
+        and projector frozen (so it must not be cached), or None."""
+        if self.augment is not None:
+            return "random image augmentation in preprocessing"
+        if self.cfg.vit_dropout > 0:
+            return f"vision encoder dropout {self.cfg.vit_dropout}"
+        return None
+
+    def _cached_features(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """(B, n, D) features from the feature cache (None: no cache, run the tower in the forward)."""
+        if self.feature_cache is None or "image_keys" not in batch:
+            return None
+        model = getattr(self.model, "module", self.model)
+        images = batch["images"]
+        rows = {"vision": (self.cfg.vit_img_size // self.cfg.vit_patch_size) ** 2,
+                "projector": self.cfg.mp_image_token_length}
+        features = self.feature_cache.lookup(batch["image_keys"],
+                                             lambda i: model.image_features(images[i:i + 1])[0],
+                                             rows=[rows] * images.shape[0])
+        return torch.stack(features)
+
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        _, loss = self.model(batch["input_ids"], batch["images"], batch["attention_mask"], batch["labels"])
+        _, loss = self.model(batch["input_ids"], batch["images"], batch["attention_mask"], batch["labels"],
+                             image_features=self._cached_features(batch))
         return loss
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16) -> list[str]:
         model = getattr(self.model, "module", self.model)
         out = model.generate(batch["input_ids"], batch["images"], batch["attention_mask"],
-                             max_new_tokens=max_new_tokens, eos_token_id=self.cfg.eos_token_id)
+                             max_new_tokens=max_new_tokens, eos_token_id=self.cfg.eos_token_id,
+                             image_features=self._cached_features(batch))
         texts = []
         for row in out.tolist():
             if self.cfg.eos_token_id in row:

@@ -184,6 +184,9 @@ class NativeNanoVLMAdapter(NanoVLMAdapter):
     def batch_images(self, pixel_values: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(pixel_values)   # every sample's tiles, in sample order
 
+    def feature_cache_blocker(self) -> str | None:
+        return "a nanoVLM-format checkpoint (its images are not keyed for the cache yet)"
+
     # export -----------------------------------------------------------------------------------
     def native_tensors(self) -> dict[str, torch.Tensor]:
         dtypes = {k: getattr(torch, v) for k, v in self.native["dtypes"].items()}

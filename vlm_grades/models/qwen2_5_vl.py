@@ -11,6 +11,7 @@ Labels keep only the answer tokens and the closing <|im_end|>; everything else i
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -26,6 +27,7 @@ from torch import nn
 
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError
+from vlm_grades.feature_cache import FeatureCache, image_key
 from vlm_grades.models.hub import hub_id
 from vlm_grades.models.lora import LoraSettings, apply_lora, load_lora
 
@@ -70,6 +72,7 @@ class Qwen25VLAdapter:
     max_pixels: int = 16384 * 28 * 28
     max_length: Optional[int] = 2048
     architecture: str = field(default=ARCHITECTURE, init=False)
+    feature_cache: Optional[FeatureCache] = field(default=None, init=False)   # set by the training loop / eval
 
     def __post_init__(self):
         tok = self.processor.tokenizer
@@ -80,6 +83,11 @@ class Qwen25VLAdapter:
         self.patch_size = int(getattr(self.processor.image_processor, "patch_size", 14))
         hf = self.hf_model()
         self._logits_to_keep = "logits_to_keep" in inspect.signature(hf.forward).parameters
+        self._mm_encoder_outputs = "mm_encoder_outputs" in inspect.signature(hf.forward).parameters
+        # everything that changes an image's pixels before the tower: part of its feature-cache key
+        settings = json.dumps([self.processor.image_processor.to_dict(), self.min_pixels, self.max_pixels],
+                              sort_keys=True, default=str)
+        self._pixel_settings = "qwen2_5_vl:" + hashlib.sha1(settings.encode()).hexdigest()[:16]
 
     def hf_model(self) -> nn.Module:
         """The Qwen2_5_VLForConditionalGeneration inside any DDP/DataParallel and PEFT wrapping."""
@@ -166,7 +174,7 @@ class Qwen25VLAdapter:
         images, _ = process_vision_info(messages, image_patch_size=self.patch_size)[:2]
         # process_vision_info already resized to a multiple of patch*merge within [min_pixels, max_pixels]
         enc = self.processor(text=[prompt_text], images=images, return_tensors="pt", do_resize=False)
-        item: dict[str, Any] = {"id": sample.id}
+        item: dict[str, Any] = {"id": sample.id, "image_key": image_key(sample.image, self._pixel_settings)}
         for key in _SEQ_KEYS:
             if key in enc:
                 item[key] = enc[key][0].long()
@@ -214,6 +222,8 @@ class Qwen25VLAdapter:
         side = padding_side or ("right" if all("labels" in it for it in items) else "left")
         length = max(it["input_ids"].shape[0] for it in items)
         batch: dict[str, Any] = {"ids": [it["id"] for it in items], "padding_side": side}
+        if all("image_key" in it for it in items):
+            batch["image_keys"] = [it["image_key"] for it in items]
         for key, value in _SEQ_KEYS.items():
             if key not in items[0]:
                 continue
@@ -234,10 +244,30 @@ class Qwen25VLAdapter:
         device = next(self.model.parameters()).device
         return {k: batch[k].to(device) for k in _MODEL_KEYS if k in batch}
 
+    def feature_cache_blocker(self) -> Optional[str]:
+        """Why the merger output of an image may differ between training steps with the vision tower and the
+        merger frozen (so it must not be cached), or None. Qwen2.5-VL's tower has no dropout; LoRA's has."""
+        adapted = [m for m in ("vision", "projector") if self.lora is not None and m in self.lora.targets]
+        if adapted:
+            return f"LoRA adapters on the {' and '.join(adapted)} (--lora-targets)"
+        return None
+
+    def _cached_features(self, batch: dict[str, Any]) -> Optional[list[torch.Tensor]]:
+        if self.feature_cache is None or "image_keys" not in batch:
+            return None
+        from vlm_grades.models.qwen_cached_features import image_features
+
+        return image_features(self.hf_model(), self.feature_cache, batch, next(self.model.parameters()).device)
+
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens; logits are only computed from the first answer position on."""
         inputs = self._inputs(batch)
         labels = batch["labels"].to(inputs["input_ids"].device)
+        features = self._cached_features(batch)
+        if features is not None:
+            from vlm_grades.models.qwen_cached_features import spliced_inputs
+
+            inputs = spliced_inputs(self.hf_model(), inputs, features)
         length = labels.shape[1]
         answer = labels != IGNORE
         if not bool(answer.any()):  # every answer truncated away: a zero loss that still touches every parameter
@@ -262,6 +292,12 @@ class Qwen25VLAdapter:
         if batch.get("padding_side", "left") != "left":
             raise ValueError("generate: needs a left-padded batch (collate(items) pads generation items left)")
         inputs = self._inputs(batch)
+        features = self._cached_features(batch) if self._mm_encoder_outputs else None
+        if features is not None:
+            from vlm_grades.models.qwen_cached_features import encoder_outputs
+
+            inputs.pop("pixel_values")
+            inputs["mm_encoder_outputs"] = encoder_outputs(features)
         model = self.unwrapped()
         eos = getattr(getattr(self.hf_model(), "generation_config", None), "eos_token_id", None)
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -275,7 +311,7 @@ class Qwen25VLAdapter:
             out = model.generate(**inputs, generation_config=config)
         finally:
             model.train(was_training)
-        new = out[:, inputs["input_ids"].shape[1]:]
+        new = out[:, batch["input_ids"].shape[1]:]
         texts = self.processor.tokenizer.batch_decode(new, skip_special_tokens=True,
                                                       clean_up_tokenization_spaces=False)
         return [t.strip() for t in texts]

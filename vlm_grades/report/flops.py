@@ -8,6 +8,8 @@ The model (also printed in every report, see FLOP_MODEL):
 - a matrix frozen at step f saves 2nr + 10n on every later step (f+1 on);
 - a modality finalized at step g skips its whole backward and update: 4 P r + 10 P on every later step,
   which replaces (never adds to) the savings of its frozen matrices;
+- an image whose projector output came from the feature cache skips the vision and projector forward, 2Pr
+  for the rows it would have cost (metrics.jsonl `cached_rows`);
 - a run that stopped before its planned steps (`total_steps` of the start event) also saves the baseline
   cost of the steps it never ran, at the mean rows per step it did run.
 Steps without a metrics line take the rows of the next logged step (the line stands for the steps since the
@@ -27,15 +29,18 @@ FLOP_MODEL = (
     "6Pr + 10P per step for a modality of P parameters (every parameter counted as a matrix) and r rows "
     "(metrics.jsonl tokens). A matrix frozen at step f saves 2nr + 10n from step f+1; a modality finalized "
     "at step g saves its whole backward and update, 4Pr + 10P, from step g+1 (each matrix counted once). "
+    "Images whose features came from the frozen-tower feature cache save the forward too, 2Pr for their rows "
+    "(metrics.jsonl cached_rows). "
     "'vs. planned' adds the baseline cost of the planned steps (start event total_steps) never run, at the "
     "mean rows per step of the steps run."
 )
 
 
-def rows_per_step(run: RunData, modality: str, last_step: int) -> np.ndarray:
-    """rows[s-1] = rows processed by `modality` at optimizer step s, for s = 1..last_step."""
+def rows_per_step(run: RunData, modality: str, last_step: int, field: str = "tokens") -> np.ndarray:
+    """rows[s-1] = rows processed by `modality` at optimizer step s, for s = 1..last_step (field "cached_rows":
+    the rows the feature cache spared it)."""
     rows = np.zeros(last_step, dtype=np.float64)
-    logged = [(int(m["step"]), num((m.get("tokens") or {}).get(modality, 0))) for m in run.metrics
+    logged = [(int(m["step"]), num((m.get(field) or {}).get(modality, 0))) for m in run.metrics
               if 1 <= int(m["step"]) <= last_step]
     logged = [(s, r if np.isfinite(r) else 0.0) for s, r in logged]
     prev = 0
@@ -74,6 +79,7 @@ def estimate(run: RunData) -> dict:
             saved += float((BWD_WEIGHT * c.numel * rows[f:end] + OPTIMIZER * c.numel).sum())
         if fin is not None and fin < last:
             saved += _saved_after(fin, (BWD_INPUT + BWD_WEIGHT) * P * rows + OPTIMIZER * P)
+        saved += float((FWD * P * rows_per_step(run, modality, last, "cached_rows")).sum())
         baseline = float(baseline_step.sum())
         entry = {"parameters": P, "rows": float(rows.sum()), "baseline": baseline, "saved": saved,
                  "actual": baseline - saved, "saved_fraction": saved / baseline if baseline else None}
