@@ -231,3 +231,30 @@ def test_skeleton_costs_no_memory_and_materializes_with_ties():
     plain = materialize(shell, model.state_dict())
     assert plain.head.weight is plain.emb.weight
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_qwen_lora_under_fsdp_ends_as_under_ddp(tmp_path):
+    """Tiny random Qwen2.5-VL with LoRA adapters in both towers: the same imposed freezes under FSDP2 and DDP end
+    with the same adapter weights; final/ is an ordinary PEFT adapter folder."""
+    from safetensors.torch import load_file
+
+    from fixtures_data import write_vqav2
+    from tiny_qwen import make_tiny_qwen
+
+    model = make_tiny_qwen(tmp_path / "qwen")
+    data = write_vqav2(tmp_path / "vqa", split="val", image_ids=(1, 2, 3, 4, 5, 6, 7, 8))
+    vision = [f"model.visual.blocks.{b}.{m}" for b in (0, 1)
+              for m in ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    schedule = json.dumps({"3": ["model.language_model.layers.0.self_attn.q_proj", vision[3]],
+                           "6": [n for n in vision if n != vision[3]]})
+    args = ["--model", "qwen2.5-vl", "--model-path", str(model), "--task", "vqav2", "--data", data["source"],
+            "--split", "val", "--batch-size", "2", "--steps", "10", "--lr", "1e-2", "--eval-split=", "--no-progress",
+            "--lora", "--lora-targets", "both", "--lora-dropout", "0", "--tau", "1e-30", "--alpha", "0.1"]
+    for name in ("ddp", "fsdp"):
+        check_ok(run(schedule, *args, "--distributed", name, "--out", str(tmp_path / name), script="imposed_freezes.py"))
+    adapters = {n: load_file(str(tmp_path / n / "final" / "adapter_model.safetensors")) for n in ("ddp", "fsdp")}
+    assert relative_difference(adapters["ddp"], adapters["fsdp"]) < 1e-4
+    assert history(tmp_path / "fsdp") == history(tmp_path / "ddp")
+    r0, r1 = rank_states(tmp_path / "fsdp")
+    assert r0["frozen"] == r1["frozen"] and len(r0["frozen"]) == 11
