@@ -43,16 +43,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(root: Path, step: int, parts: dict[str, Any], trainer_state: dict[str, Any],
                     keep: int = 2) -> Path:
     """parts: name -> object for torch.save (model, optimizer, scheduler, grades, rng)."""
+    tmp = begin_checkpoint(root, step)
+    write_parts(tmp, parts)
+    return commit_checkpoint(root, step, tmp, trainer_state, keep)
+
+
+def begin_checkpoint(root: Path, step: int) -> Path:
+    """An empty temporary folder for checkpoint `step`; nothing in it counts until `commit_checkpoint`."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    return tmp
+
+
+def write_parts(tmp: Path, parts: dict[str, Any]) -> None:
     for name, obj in parts.items():
         with open(tmp / f"{name}.pt", "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+
+
+def commit_checkpoint(root: Path, step: int, tmp: Path, trainer_state: dict[str, Any], keep: int = 2) -> Path:
+    """Writes the state file (last), renames the folder into place, points `latest` at it, prunes."""
+    final = root / f"step-{step}"
     with open(tmp / STATE_FILE, "w") as f:
         json.dump(trainer_state, f, indent=2)
         f.flush()

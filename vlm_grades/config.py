@@ -63,6 +63,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     clip: float = 1.0
     mixed_precision: str = "no"            # no | bf16 | fp16
+    distributed: str = "ddp"               # several processes: ddp (replicated) | fsdp (FSDP2, sharded)
+    fsdp_cpu_offload: bool = False         # fsdp: parameters, gradients and optimizer state on the CPU
     seed: int = 0
     # stopping
     stopping: str = "grades"
@@ -145,6 +147,7 @@ class TrainConfig:
             raise UserError("--mixed-precision fp16: not supported (needs loss scaling); use bf16")
         if self.mixed_precision not in ("no", "bf16"):
             raise UserError(f"--mixed-precision: expected no or bf16, got {self.mixed_precision!r}")
+        self._check_distributed()
         if self.schedule not in ("cosine", "linear", "constant"):
             raise UserError(f"--schedule: expected cosine, linear or constant, got {self.schedule!r}")
         if not 0.0 <= self.mix_fraction < 1.0:
@@ -188,6 +191,18 @@ class TrainConfig:
             need(getattr(self, name) is None or getattr(self, name) >= 1, name, "at least 1")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"--min-pixels {self.min_pixels}: above --max-pixels {self.max_pixels}")
+
+    def _check_distributed(self) -> None:
+        if self.distributed == "deepspeed":
+            raise UserError("--distributed deepspeed: DeepSpeed ZeRO is not supported; use --distributed fsdp "
+                            "(FSDP2) to shard parameters, gradients and optimizer state")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise UserError(f"--distributed: expected ddp or fsdp, got {self.distributed!r}")
+        if self.fsdp_cpu_offload and self.distributed != "fsdp":
+            raise UserError("--fsdp-cpu-offload: needs --distributed fsdp")
+        if self.distributed == "fsdp" and self.stopping == "classic":
+            raise UserError("--stopping classic: not supported with --distributed fsdp (its copy of the best "
+                            "weights is not sharded); use --stopping grades or none")
 
     def _check_trainable(self) -> None:
         """--freeze names known modalities and leaves something to train (LoRA: adapters or a fully trained

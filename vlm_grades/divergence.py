@@ -41,7 +41,11 @@ def restore_last_finite(module: torch.nn.Module, checkpoints: Path) -> Path | No
 def keep_last_finite(run: RunFolder, adapter, step: int, reason: str) -> dict[str, Any]:
     """Saves final/ from the last finite checkpoint (if any), logs a `diverged` event; returns the summary's
     `diverged` (one line for the user) and `result` (the checkpoint final/ holds, or None)."""
-    checkpoint = restore_last_finite(adapter.model, run.checkpoints)
+    return report_diverged(run, adapter, step, reason, restore_last_finite(adapter.model, run.checkpoints))
+
+
+def report_diverged(run: RunFolder, adapter, step: int, reason: str, checkpoint: Path | None) -> dict[str, Any]:
+    """The adapter already holds the weights of `checkpoint` (None: no finite checkpoint): saves and logs."""
     result = str(checkpoint.relative_to(run.path)) if checkpoint is not None else None
     if checkpoint is not None:
         adapter.save(run.final)

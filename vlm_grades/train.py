@@ -22,16 +22,19 @@ from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vlm_grades.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vlm_grades import sharding
+from vlm_grades.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlm_grades.components import build_registry
 from vlm_grades.config import MODALITIES, TrainConfig
-from vlm_grades.divergence import keep_last_finite, nonfinite_parameter
+from vlm_grades.divergence import keep_last_finite, nonfinite_parameter, report_diverged
+from vlm_grades.grades.shards import local
 from vlm_grades.errors import UserError
 from vlm_grades.feature_cache_switch import FeatureCacheSwitch
 from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
 from vlm_grades.resume import resume_point
 from vlm_grades.run_folder import RunFolder, check_can_create
 from vlm_grades.sampler import ResumableSampler
+from vlm_grades.sharded_checkpoint import is_sharded_checkpoint, load_sharded, save_sharded
 from vlm_grades.models import build_adapter
 from vlm_grades.train_data import load_split, mix_in, training_dataset
 
@@ -74,6 +77,13 @@ class Trainer:
         for modality in cfg.freeze:
             for _, p in self.modality_params[modality]:
                 p.requires_grad_(False)
+        self.fsdp = cfg.distributed == "fsdp"
+        if self.fsdp:
+            self._skeleton = sharding.skeleton(self.module)
+            sharding.shard(self.module, accelerator.device, cfg.mixed_precision, cfg.fsdp_cpu_offload)
+            # sharding replaced every parameter by a DTensor: the registry must hold the new ones
+            self.registry = build_registry(self.module, self.adapter.architecture)
+            self.modality_params = self.registry.modality_parameters(self.module)
 
         lrs = {"vision": cfg.lr_vision, "projector": cfg.lr_projector, "language": cfg.lr_language}
         self.optimizer = build_optimizer(self.modality_params, lrs, cfg.weight_decay)
@@ -107,6 +117,8 @@ class Trainer:
         """DDP over the parameters that still train; re-wrapped whenever GradES freezes some, so buckets
         never wait for gradients that will not come (no find_unused_parameters, no static graph)."""
         self._trainable = sum(p.requires_grad for p in self.module.parameters())
+        if self.fsdp:   # FSDP2 needs no re-wrap: a frozen matrix is skipped at its next unshard
+            return self.module
         if self.acc.num_processes == 1 or self._trainable == 0:   # all frozen: GradES stops, DDP would refuse
             return self.module
         device_ids = [self.acc.device.index] if self.acc.device.type == "cuda" else None
@@ -118,10 +130,18 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         parts, trainer_state = load_checkpoint(path)
-        self.module.load_state_dict(parts["model"])
+        if is_sharded_checkpoint(path) != self.fsdp:
+            written = "with" if is_sharded_checkpoint(path) else "without"
+            raise UserError(f"--distributed {self.cfg.distributed}: {path} was written {written} FSDP sharding; "
+                            f"resume with --distributed {'fsdp' if written == 'with' else 'ddp'}")
+        if not self.fsdp:
+            self.module.load_state_dict(parts["model"])
         if self.grades is not None and parts.get("grades") is not None:
             self.grades.load_state_dict(parts["grades"])  # re-freezes before the optimizer state comes back
-        self.optimizer.load_state_dict(parts["optimizer"])
+        if self.fsdp:
+            load_sharded(path, self.module, self.optimizer)
+        else:
+            self.optimizer.load_state_dict(parts["optimizer"])
         self.scheduler.load_state_dict(parts["scheduler"])
         self._best = parts.get("classic_best")   # classic stopping: the best weights so far
         rng = parts["rng"]
@@ -217,7 +237,7 @@ class Trainer:
             if self._checkpoint_due():
                 self._checkpoint_if_finite()
         bar.close()
-        bad = None if state.diverged else nonfinite_parameter(self.module)
+        bad = None if state.diverged else self._nonfinite()
         if bad:
             self._diverge(f"non-finite weights at step {state.step} ({bad})")
         if cfg.stopping == "classic" and getattr(self, "_best", None) is not None and not state.diverged:
@@ -296,14 +316,20 @@ class Trainer:
         return state.stop_reason is not None or state.step % self.cfg.checkpoint_every == 0
 
     def _checkpoint_if_finite(self) -> None:
-        bad = nonfinite_parameter(self.module)   # the same weights on every rank: the same decision
+        bad = self._nonfinite()   # the same answer on every rank: the same decision
         if bad:
             self._diverge(f"non-finite weights at step {self.state.step} ({bad})")
         else:
             self.checkpoint()
 
+    def _nonfinite(self) -> str | None:
+        return sharding.any_nonfinite(self.module) if self.fsdp else nonfinite_parameter(self.module)
+
     def checkpoint(self) -> None:
         rngs = gather_object([rng_state()]) if self.acc.num_processes > 1 else [rng_state()]
+        if self.fsdp:
+            self._sharded_checkpoint(rngs)
+            return
         if self.main:
             parts = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(),
@@ -316,10 +342,37 @@ class Trainer:
                                        "path": str(path.relative_to(self.run.path))})
         self.acc.wait_for_everyone()
 
+    def _sharded_checkpoint(self, rngs: list) -> None:
+        grades = self.grades.state_dict() if self.grades is not None else None   # gathers: every rank
+        parts = {"scheduler": self.scheduler.state_dict(), "grades": grades, "rng": rngs}
+        path = save_sharded(self.run.checkpoints, self.state.step, self.module, self.optimizer, parts,
+                            {"loop": dict(vars(self.state))}, self.cfg.keep_checkpoints)
+        if self.main:
+            self.run.append("events", {"type": "checkpoint", "step": self.state.step,
+                                       "path": str(path.relative_to(self.run.path))})
+        self.acc.wait_for_everyone()
+
+    def gather_model(self) -> None:
+        """FSDP: every rank sends its shards; rank 0's adapter then holds an ordinary model of the whole
+        weights (on its device), which saves and evaluates without torch.distributed."""
+        weights = sharding.full_state_dict(self.module)
+        if self.main:
+            self.adapter.model = sharding.materialize(self._skeleton, weights).to(self.acc.device)
+        self.acc.wait_for_everyone()
+
+    def restore_last_checkpoint(self) -> Path | None:
+        """FSDP, diverged run: the newest checkpoint (its weights are finite, or it would not exist) back into
+        the sharded model, on every rank."""
+        path = latest_checkpoint(self.run.checkpoints)
+        if path is not None:
+            load_sharded(path, self.module, None)
+        return path
+
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Runs `vlm-grades train`; returns the summary (steps, stop reason, wall time, score)."""
     cfg.validate()
+    check_launcher(cfg)
     cfg.out = cfg.out or default_run_name(cfg)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to or None,
                               project_dir=cfg.out, cpu=_cpu_processes())
@@ -341,8 +394,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         summary["frozen"] = trainer.grades.frozen_fraction()
     if os.environ.get("VLM_GRADES_RANK_STATE"):   # debugging/tests: what each process ended with
         write_rank_state(trainer, run)
-    if accelerator.is_main_process:
+    restored = None
+    if trainer.fsdp:
         if state.diverged:
+            restored = trainer.restore_last_checkpoint()
+        trainer.gather_model()
+    if accelerator.is_main_process:
+        if state.diverged and trainer.fsdp:
+            summary.update(report_diverged(run, trainer.adapter, state.step, state.stop_reason, restored))
+        elif state.diverged:
             summary.update(keep_last_finite(run, trainer.adapter, state.step, state.stop_reason))
         else:
             trainer.adapter.save(run.final)
@@ -357,15 +417,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
+def check_launcher(cfg: TrainConfig) -> None:
+    """What `accelerate launch` was told, against --distributed: one line before any work."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise UserError("accelerate launch --use_deepspeed: DeepSpeed ZeRO is not supported; launch without it "
+                        "and pass --distributed fsdp (FSDP2) to shard parameters, gradients and optimizer state")
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        if env.get("FSDP_VERSION", "1") != "2":
+            raise UserError("accelerate launch --use_fsdp: only FSDP version 2 is supported (--fsdp_version 2), "
+                            "or launch without it and pass --distributed fsdp")
+        cfg.distributed = "fsdp"
+        cfg.fsdp_cpu_offload = cfg.fsdp_cpu_offload or env.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true"
+        cfg.validate()
+    if cfg.distributed == "fsdp" and int(env.get("WORLD_SIZE", "1")) < 2:
+        raise UserError("--distributed fsdp: needs 2 or more processes (torchrun --nproc-per-node N ... or "
+                        "accelerate launch --num_processes N ...)")
+
+
 def write_rank_state(trainer: Trainer, run: RunFolder) -> None:
     """rank-<i>.json in the run folder: this process's final weights hash, frozen matrices, trainable parameters."""
     import hashlib
     import json
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()   # FSDP: of this rank's shards
     for name, tensor in sorted(trainer.module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(local(tensor).detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     frozen = trainer.grades.frozen if trainer.grades is not None else {}
     record = {"rank": trainer.acc.process_index, "processes": trainer.acc.num_processes, "step": trainer.state.step,
               "weights_sha256": digest.hexdigest(), "frozen": dict(sorted(frozen.items())),

@@ -79,6 +79,11 @@ def register(sub) -> None:
     o.add_argument("--clip", type=float, default=S, help="gradient norm clipping, 0 to disable (default 1.0)")
     o.add_argument("--mixed-precision", default=S, help="no or bf16 (default no)")
     o.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
+    o.add_argument("--distributed", default=S,
+                   help="with several processes (torchrun, accelerate launch): ddp replicates the model, fsdp "
+                        "shards parameters, gradients and optimizer state with FSDP2 (default ddp)")
+    o.add_argument("--fsdp-cpu-offload", action="store_true", default=S,
+                   help="fsdp: keep parameters, gradients and optimizer state on the CPU")
     s = p.add_argument_group("stopping")
     s.add_argument("--stopping", default=S, help="grades, classic or none (default grades)")
     s.add_argument("--grades-preset", default=S, help="'official': reproduce the official grades package")

@@ -17,6 +17,9 @@ any factor, and under any learning rate that leaves the gradients' direction sta
 Storage of the previous tensor is exact (a copy) or a sketch: a fixed, seeded random subset of k entries of
 the matrix. The sketch's L1 sum over the k entries, scaled by numel/k, is an unbiased estimate of the full sum;
 its memory is k values plus k int32 indices instead of a full copy.
+
+Sharded parameters (FSDP2): every rank measures its own shard, with the sketch positions drawn on the whole
+matrix and kept where they fall in that shard; the partial sums are added across ranks (grades/shards.py).
 """
 from __future__ import annotations
 
@@ -26,14 +29,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlm_grades.grades.shards import Shard, all_reduce_sum, gather_runs, local, local_index, shard_of, take_run
+
 
 @dataclass(eq=False)
 class Entry:
     key: str                       # "<component>:<param suffix>"
     comp: int                      # position of the component in the engine's monitored list
     param: nn.Parameter
-    index: torch.Tensor | None     # sketch: int32 flat positions, sorted; None: exact
+    index: torch.Tensor | None     # sketch: int32 flat positions of the whole matrix, sorted; None: exact
     prev: torch.Tensor | None = None
+    shard: Shard | None = None     # the flat run of a sharded parameter held by this rank
+    lindex: torch.Tensor | None = None   # the sketch positions inside that run (index itself when unsharded)
+
+    def __post_init__(self) -> None:
+        self.shard = shard_of(self.param)
 
     @property
     def numel(self) -> int:
@@ -96,6 +106,9 @@ class StatBank:
         self.sketched = [e for e in self.entries if e.index is not None]
         order = self.exact + self.sketched
         self.order = order
+        for e in self.sketched:
+            e.lindex = e.index if e.shard is None else local_index(e.index, e.shard)
+        self.sharded = any(e.shard is not None for e in order)
         if not order:
             return
         device = order[0].param.device
@@ -131,8 +144,8 @@ class StatBank:
 
     def _current(self, source: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         get = self.grads if source == "grad" else self.weights
-        exact = get(self.exact)
-        sampled = [t.reshape(-1).index_select(0, e.index) for t, e in zip(get(self.sketched), self.sketched)]
+        exact = [local(t) for t in get(self.exact)]
+        sampled = [local(t).reshape(-1).index_select(0, e.lindex) for t, e in zip(get(self.sketched), self.sketched)]
         return exact, sampled
 
     # ------------------------------------------------------------------ operations
@@ -198,7 +211,8 @@ class StatBank:
             norms = [n.to(self.device) for n in norms]
         per_param = torch.stack(list(norms)) ** power * self._scale
         sums = torch.zeros(self.n_components, dtype=torch.float32, device=self.device)
-        return sums.index_add_(0, self._comp, per_param)
+        sums.index_add_(0, self._comp, per_param)
+        return all_reduce_sum(sums) if self.sharded else sums   # one collective: partial sums of every shard
 
     def _reduce(self, norms: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[float]:
         if not norms:
@@ -210,7 +224,11 @@ class StatBank:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"prev": {e.key: e.prev.detach().cpu().clone() for e in self.entries if e.prev is not None},
+        """Stored tensors in their whole-matrix form (sharded: gathered, so every rank must call this)."""
+        prev = {e.key: e.prev.detach().cpu().clone() for e in self.entries if e.prev is not None}
+        if self.sharded:
+            prev = gather_runs(prev)
+        return {"prev": prev,
                 "index": {e.key: e.index.cpu().clone() for e in self.entries if e.index is not None},
                 "snr_q": list(self.snr_q), "snr_count": list(self.snr_count)}
 
@@ -223,5 +241,8 @@ class StatBank:
                 e.index = index[e.key].to(device=e.param.device, dtype=torch.int32)
             elif e.index is not None and e.key in prev and prev[e.key].numel() == e.numel:
                 e.index = None           # saved exact, configured sketched now: keep what was saved
-            e.prev = prev[e.key].to(e.param.device).clone() if e.key in prev else None
+            saved = prev.get(e.key)
+            if saved is not None and e.shard is not None:
+                saved = take_run(saved, e.shard, e.index.cpu() if e.index is not None else None)
+            e.prev = saved.to(e.param.device).clone() if saved is not None else None
         self._rebuild()
