@@ -1,9 +1,10 @@
 """Scenes: a stage-1 corpus for a nanoVLM fine-tuning base, drawn with PIL by the project itself.
 
-64x64 pictures of one to three shapes (easy-VQA's three plus a diamond and a cross) in eleven colours
+64x64 pictures of one shape (easy-VQA's three plus a diamond and a cross) in eleven colours
 (easy-VQA's eight plus orange, purple, pink), at random sizes and positions, on tinted, graded or noisy
 backgrounds; with captions, colour and shape questions, yes/no questions (negated ones too), questions
-about a colour-and-shape pair and counting. easy-VQA is the downstream task: the same kind of question,
+about a colour-and-shape pair and counting (the drawing code places up to three shapes; the corpus uses one,
+see OBJECT_COUNT_WEIGHTS). easy-VQA is the downstream task: the same kind of question,
 other pictures (its single flat shapes, its own palette), so fine-tuning on it is a real distribution shift.
 
 Every picture is a pure function of (split, index): splits draw from disjoint seeds, so the held-out
@@ -29,7 +30,10 @@ PALETTE = {   # name -> RGB centre; each drawing jitters it
 COLORS = tuple(PALETTE)
 assert set(EASYVQA_COLORS) <= set(COLORS)
 NUMBERS = ("one", "two", "three")
-SPLITS = {"train": (6000, 1), "val": (300, 2), "test": (1000, 3)}   # pictures, seed stream
+# split: (pictures, seed stream, how yes/no questions name things; see scene_questions). "train-prior" is the
+# train pictures with yes/no questions a model can first answer from a prior: stage 1a of the shipped base
+SPLITS = {"train": (6000, 1, "present"), "train-prior": (6000, 1, "random"), "val": (300, 2, "present"),
+          "test": (1000, 3, "present")}
 SIZE = 64
 QUESTIONS_PER_PICTURE = 8
 # each picture's caption is repeated so captions are a third of the samples: a from-scratch vision encoder
@@ -39,6 +43,16 @@ CAPTIONS_PER_PICTURE = 4
 # a blue shape? Answer: no"), train split only: the comparison of attribute words, learnable from the text,
 # before the same question about the picture alone (an experiment; 0 = off, see docs/GRADES.md)
 BINDING_PER_PICTURE = 0
+# Yes/no questions name a colour, shape or pair of the picture with probability PRESENT_SHARE (else one it does
+# not have); half of them are negated, as in easy-VQA. From random weights the tiny model stays at chance on
+# such balanced questions (6000 steps); named at random from the vocabulary ("train-prior": mostly absent, so
+# the answer has a prior given the negation) it learns the prior first and the shape comparison by step ~1500,
+# and then the balanced questions teach it the colours (docs/GRADES.md, "The shipped base").
+PRESENT_SHARE = 0.5
+NEGATED_SHARE = 0.5
+# pictures with one, two, three shapes. Mixed scenes (80/15/5) learned shapes and yes/no far more slowly
+# (shape 46% against 95% at step 1500), so the corpus is single shapes, like easy-VQA
+OBJECT_COUNT_WEIGHTS = (100, 0, 0)
 
 # question templates: (template, kind); <C> a colour, <S> a shape
 COLOR_YESNO = ("is there a <C> shape?", "is a <C> shape present?", "does the image contain a <C> shape?",
@@ -100,8 +114,9 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int],
 
 
 def draw_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """One picture and its objects [(colour, shape)]: one object (80%), two or three in separate cells."""
-    n = rng.choices((1, 2, 3), weights=(80, 15, 5))[0]
+    """One picture and its objects [(colour, shape)]: one to three objects (OBJECT_COUNT_WEIGHTS), in
+    separate cells when several."""
+    n = rng.choices((1, 2, 3), weights=OBJECT_COUNT_WEIGHTS)[0]
     objects: list[tuple[str, str]] = []
     while len(objects) < n:   # distinct colours and distinct shapes, so every question has one answer
         color, shape = rng.choice(COLORS), rng.choice(SHAPES)
@@ -123,29 +138,46 @@ def _yes_no(template: str, present: bool) -> str:
     return "yes" if present != is_negated(template) else "no"
 
 
-def scene_questions(objects: list[tuple[str, str]], rng: random.Random, k: int) -> list[tuple[str, str, str]]:
-    """k (question, answer, kind) about a scene; half of them yes/no, as in easy-VQA."""
+def _template(rng: random.Random, templates: tuple[str, ...]) -> str:
+    negated = rng.random() < NEGATED_SHARE
+    return rng.choice([t for t in templates if is_negated(t) == negated])
+
+
+def scene_questions(objects: list[tuple[str, str]], rng: random.Random, k: int,
+                    named: str = "present") -> list[tuple[str, str, str]]:
+    """k (question, answer, kind) about a scene; half of them yes/no, as in easy-VQA. Yes/no questions name
+    what the picture has with probability PRESENT_SHARE (`named="present"`), or (`"random"`) a colour or shape
+    drawn from the whole vocabulary, and for pairs the picture's colour with another shape."""
     colors, shapes = [c for c, _ in objects], [s for _, s in objects]
     out = []
     for _ in range(k):
         r = rng.random()
-        if r < 0.5:   # yes/no: a colour, a shape or a pair, present or absent half of the time each
-            present = rng.random() < 0.5
+        if r < 0.5:   # yes/no: a colour, a shape or a pair
+            present = rng.random() < PRESENT_SHARE   # "random": only pairs use it
             which = rng.random()
             if which < 0.4:
-                c = rng.choice(colors) if present else rng.choice([x for x in COLORS if x not in colors])
-                t = rng.choice(COLOR_YESNO).replace("<C>", c)
-                out.append((t, _yes_no(t, present), "yes/no"))
+                if named == "random":
+                    c = rng.choice(COLORS)
+                else:
+                    c = rng.choice(colors) if present else rng.choice([x for x in COLORS if x not in colors])
+                t = _template(rng, COLOR_YESNO).replace("<C>", c)
+                out.append((t, _yes_no(t, c in colors), "yes/no"))
             elif which < 0.8:
-                s = rng.choice(shapes) if present else rng.choice([x for x in SHAPES if x not in shapes])
-                t = rng.choice(SHAPE_YESNO).replace("<S>", s)
-                out.append((t, _yes_no(t, present), "yes/no"))
+                if named == "random":
+                    s = rng.choice(SHAPES)
+                else:
+                    s = rng.choice(shapes) if present else rng.choice([x for x in SHAPES if x not in shapes])
+                t = _template(rng, SHAPE_YESNO).replace("<S>", s)
+                out.append((t, _yes_no(t, s in shapes), "yes/no"))
             else:
                 c, s = rng.choice(objects)
-                if not present:   # a colour of the scene with another shape of it, or a new colour
-                    others = [x for x in shapes if x != s] or [x for x in SHAPES if x not in shapes]
-                    s = rng.choice(others)
-                t = rng.choice(PAIR_YESNO).replace("<C>", c).replace("<S>", s)
+                if not present and named == "random":   # the right colour with another shape
+                    s = rng.choice([x for x in shapes if x != s] or [x for x in SHAPES if x not in shapes])
+                elif not present and rng.random() < 0.5:   # the right colour with a shape the picture lacks
+                    s = rng.choice([x for x in SHAPES if x not in shapes])
+                elif not present:                        # the right shape with a colour the picture lacks
+                    c = rng.choice([x for x in COLORS if x not in colors])
+                t = _template(rng, PAIR_YESNO).replace("<C>", c).replace("<S>", s)
                 out.append((t, _yes_no(t, present), "yes/no"))
         elif r < 0.72:
             c, s = rng.choice(objects)
@@ -160,10 +192,10 @@ def scene_questions(objects: list[tuple[str, str]], rng: random.Random, k: int) 
     return out
 
 
-def _yes_no_questions(objects, rng: random.Random, k: int) -> list[tuple[str, str, str]]:
+def _yes_no_questions(objects, rng: random.Random, k: int, named: str) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     while len(out) < k:
-        out += [x for x in scene_questions(objects, rng, 4) if x[2] == "yes/no"][: k - len(out)]
+        out += [x for x in scene_questions(objects, rng, 4, named) if x[2] == "yes/no"][: k - len(out)]
     return out
 
 
@@ -174,26 +206,27 @@ def caption(objects: list[tuple[str, str]]) -> str:
 def load_scenes(split: str = "train", max_samples: int | None = None, seed: int = 0, shuffle: bool = False,
                 prompt: str | None = None, pictures: int | None = None) -> list[Sample]:
     """Questions and captions of a split's pictures, in picture order (ids "<split>-<picture>-<n>" for the
-    n-th question, "<split>-<picture>-c<n>" for the captions: CAPTIONS_PER_PICTURE copies in train, one in the
-    held-out splits). `seed` only shuffles; the pictures are fixed by the split."""
+    n-th question, "<split>-<picture>-c<n>" for the captions: CAPTIONS_PER_PICTURE copies in the training splits,
+    one in the held-out splits; "train-prior" ids read "train"). `seed` only shuffles; the pictures are fixed by the split."""
     if split not in SPLITS:
         raise UserError(f"--split: scenes has splits {', '.join(SPLITS)}, not {split!r}")
-    count, stream = SPLITS[split]
+    count, stream, named = SPLITS[split]
+    training = split.startswith("train")
     template = prompt or EASYVQA_PROMPT
     samples: list[Sample] = []
     for i in range(pictures or count):
         rng = random.Random(stream * 1_000_003 + i)
         img, objects = draw_scene(rng)
-        image_id = f"{split}-{i}"
+        image_id = f"{split.split('-')[0]}-{i}"
         samples += [Sample(id=f"{image_id}-c{n}", image=img, prompt=CAPTION_PROMPT, targets=[caption(objects)],
                            task="scenes", meta={"image_id": image_id, "answer_kind": "caption"})
-                    for n in range(CAPTIONS_PER_PICTURE if split == "train" else 1)]
-        if split == "train":
-            for n, (q, a, _) in enumerate(_yes_no_questions(objects, rng, BINDING_PER_PICTURE)):
+                    for n in range(CAPTIONS_PER_PICTURE if training else 1)]
+        if training:
+            for n, (q, a, _) in enumerate(_yes_no_questions(objects, rng, BINDING_PER_PICTURE, named)):
                 text = f"{CAPTION_PROMPT} {caption(objects)}. " + template.replace("{question}", q)
                 samples.append(Sample(id=f"{image_id}-b{n}", image=img, prompt=text, targets=[a], task="scenes",
                                       meta={"image_id": image_id, "question": q, "answer_kind": "yes/no text"}))
-        for n, (q, a, kind) in enumerate(scene_questions(objects, rng, QUESTIONS_PER_PICTURE), start=1):
+        for n, (q, a, kind) in enumerate(scene_questions(objects, rng, QUESTIONS_PER_PICTURE, named), start=1):
             samples.append(Sample(id=f"{image_id}-{n}", image=img, prompt=template.replace("{question}", q),
                                   targets=[a], task="scenes",
                                   meta={"image_id": image_id, "question": q, "answer_kind": kind}))
