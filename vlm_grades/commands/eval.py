@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--task", required=True,
                    choices=["vqav2", "gqa", "coco", "easyvqa", "easyvqa-caption", "scenes"],
                    help="benchmark (easyvqa-caption: exact-match and colour/shape accuracy of the captions; "
-                        "scenes: the shipped base's stage-1 corpus)")
+                        "scenes: the stage-1 corpus of the shipped nanoVLM base)")
     p.add_argument("--model", required=True, metavar="RUN_OR_CHECKPOINT",
                    help="a run folder (its final/ model) or a model checkpoint folder")
     p.add_argument("--data", metavar="SOURCE",
