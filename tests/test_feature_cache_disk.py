@@ -1,7 +1,8 @@
 """The feature cache's disk tier: a bounded ring in a memory-mapped file that gives back the bits it was given;
 a memory tier smaller than the data plus a disk tier gives the tower's losses and serves hits from disk; in
 training it gives the losses and weights of a memory-only cache, per-tier hits are logged and the file is gone
-at the end; bad --feature-cache-disk/--feature-cache-dir values fail in one line."""
+at the end; a resumed run deletes leftover files and ends as an uninterrupted one; bad --feature-cache-disk/
+--feature-cache-dir values fail in one line."""
 from __future__ import annotations
 
 import pytest
@@ -149,3 +150,22 @@ def test_bad_disk_flags_fail_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--feature-cache-disk: expected a size" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_resumed_run_drops_leftover_disk_files_and_ends_as_the_uninterrupted_one(nano, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    argv = RUN + ["--out", str(run), "--checkpoint-every", "4", "--feature-cache", str(2 * per_image_bytes(nano[0])),
+                  "--feature-cache-disk", "1MB"]
+    assert main(argv) == 0
+    whole = load_file(str(run / "final" / "model.safetensors"))
+    shutil.rmtree(run / "final")                       # as if killed after step 4, leaving its disk files behind
+    for rank in (0, 1):
+        (run / f"feature-cache-rank-{rank}.bin").write_bytes(b"stale")
+    assert main(argv + ["--resume"]) == 0
+    again = load_file(str(run / "final" / "model.safetensors"))
+    assert all(torch.equal(again[k], whole[k]) for k in whole)
+    assert not list(run.glob("feature-cache-rank-*"))
