@@ -65,7 +65,8 @@ def nano():
     from vlm_grades.train_data import load_split
 
     torch.manual_seed(0)
-    cfg = TrainConfig.build({"model": "nanovlm", "task": "easyvqa", "max_samples": 96, "progress": False})
+    cfg = TrainConfig.build({"model": "nanovlm", "task": "easyvqa", "max_samples": 96, "progress": False,
+                            "from_scratch": True})   # random weights: a loss far from 0
     samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
     return build_adapter(cfg, samples), samples
 

@@ -83,6 +83,8 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)     # tensorboard, wandb
     progress: bool = True
     feature_cache: str = "2GB"             # frozen-tower feature cache bound (memory), "0" = off
+    feature_cache_disk: str = "0"          # its disk tier's bound (a memory-mapped file), "0" = off
+    feature_cache_dir: str | None = None   # the disk tier's folder (default: the run folder)
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -163,7 +165,7 @@ class TrainConfig:
                 raise UserError(f"--mix-data: mixed task {self.mix_task} needs a data folder, file or hub id")
         self._check_trainable()
         self._check_trackers()
-        self.feature_cache_bytes()
+        self._check_feature_cache()
         if self.stopping == "grades":
             from vlm_grades.grades.config import GradESConfig
 
@@ -232,6 +234,25 @@ class TrainConfig:
             return parse_size(self.feature_cache)
         except ValueError as e:
             raise UserError(f"--feature-cache: {e}") from None
+
+    def feature_cache_disk_bytes(self) -> int:
+        from vlm_grades.feature_cache import parse_size
+
+        try:
+            return parse_size(self.feature_cache_disk)
+        except ValueError as e:
+            raise UserError(f"--feature-cache-disk: {e}") from None
+
+    def _check_feature_cache(self) -> None:
+        memory, disk = self.feature_cache_bytes(), self.feature_cache_disk_bytes()
+        if disk > 0 and memory == 0:
+            raise UserError(f"--feature-cache-disk {self.feature_cache_disk}: needs the memory tier on "
+                            f"(--feature-cache above 0): the disk holds what memory evicts")
+        if self.feature_cache_dir and disk == 0:
+            raise UserError("--feature-cache-dir: needs --feature-cache-disk SIZE above 0")
+        if self.feature_cache_dir and Path(self.feature_cache_dir).exists() and \
+                not Path(self.feature_cache_dir).is_dir():
+            raise UserError(f"--feature-cache-dir {self.feature_cache_dir}: not a folder")
 
     def lora_settings(self):
         """The LoraSettings of a --lora run (None without): the projector trains fully beside the adapters

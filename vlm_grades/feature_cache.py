@@ -4,8 +4,9 @@ encoder and the projector cannot change (frozen in training, or any evaluation).
 Adapters consult it through one call, `FeatureCache.lookup(keys, encode_missing)`: the features of these
 images, in order, with only the images not held yet going through the tower. A key is the image's identity
 plus every preprocessing setting that changes its pixels (`image_key`). Memory is bounded (`max_bytes`,
-least-recently-used eviction); entries keep the model's dtype and device. Nothing here is checkpointed:
-a resumed run starts with an empty cache.
+least-recently-used eviction); entries keep the model's dtype and device. With a disk tier
+(feature_cache_disk.py), what memory evicts, or cannot hold, goes there, and a disk hit moves back to memory.
+Nothing here is checkpointed: a resumed run starts with an empty cache.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:   # torch is imported where the cache is used: `vlm-grades score` loads this module without it
     import torch
+
+    from vlm_grades.feature_cache_disk import DiskTier
 
 DEFAULT_SIZE = "2GB"
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
@@ -62,12 +65,16 @@ def image_key(ref: Any, settings: str) -> str:
     return f"{image_identity(ref)}|{settings}"
 
 
+def _nbytes(value: torch.Tensor) -> int:
+    return value.numel() * value.element_size()
+
+
 class FeatureCache:
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, disk: DiskTier | None = None):
+        self.max_bytes, self.disk = max_bytes, disk
         self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.bytes = 0
-        self.hits = self.misses = self.evictions = 0
+        self.hits = self.misses = self.evictions = self.disk_hits = 0
         self.skipped_rows = {"vision": 0, "projector": 0}   # tower rows not computed thanks to hits, since taken
 
     def lookup(self, keys: Sequence[str], encode: Callable[[int], torch.Tensor],
@@ -83,6 +90,11 @@ class FeatureCache:
             value = self.entries.get(key)
             if value is not None:
                 self.entries.move_to_end(key)
+            elif self.disk is not None:
+                value = self.disk.get(key)
+                if value is not None:
+                    self.disk_hits += 1
+                    self._put(key, value)
             found.append(value)
         computed: dict[str, torch.Tensor] = {}   # an image twice in one batch goes through the tower once
         for i, key in enumerate(keys):
@@ -105,13 +117,21 @@ class FeatureCache:
         return found   # type: ignore[return-value]
 
     def _put(self, key: str, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if size > self.max_bytes or key in self.entries:
+        size = _nbytes(value)
+        if key in self.entries:
+            return
+        if size > self.max_bytes:
+            if self.disk is not None:
+                self.disk.put(key, value)
             return
         while self.bytes + size > self.max_bytes and self.entries:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+            old_key, old = self.entries.popitem(last=False)
+            self.bytes -= _nbytes(old)
             self.evictions += 1
+            if self.disk is not None:
+                self.disk.put(old_key, old)
+        if self.disk is not None:
+            self.disk.discard(key)
         self.entries[key] = value
         self.bytes += size
 
@@ -121,10 +141,21 @@ class FeatureCache:
 
     def stats(self) -> dict[str, Any]:
         seen = self.hits + self.misses
-        return {"hits": self.hits, "misses": self.misses, "hit_rate": self.hits / seen if seen else 0.0,
-                "entries": len(self.entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
-                "evictions": self.evictions}
+        stats = {"hits": self.hits, "misses": self.misses, "hit_rate": self.hits / seen if seen else 0.0,
+                 "entries": len(self.entries), "bytes": self.bytes, "max_bytes": self.max_bytes,
+                 "evictions": self.evictions}
+        if self.disk is not None:   # hits per tier; hits counts both
+            stats.update(memory_hits=self.hits - self.disk_hits, disk_hits=self.disk_hits,
+                         disk=self.disk.stats())
+        return stats
 
     def describe(self) -> str:
         s = self.stats()
-        return f"cache {s['hit_rate']:.0%} hits, {format_size(s['bytes'])}"
+        disk = f" + {format_size(s['disk']['bytes'])} disk" if self.disk is not None else ""
+        return f"cache {s['hit_rate']:.0%} hits, {format_size(s['bytes'])}{disk}"
+
+    def close(self) -> None:
+        """Deletes the disk tier and its file; the memory tier keeps working."""
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None

@@ -102,9 +102,21 @@ class Trainer:
         self.model = self._wrap()
         self.feature_cache = FeatureCacheSwitch(self.adapter, self.modality_params, cfg.feature_cache_bytes(),
                                                 emit=self.run.append if self.main else None,
-                                                say=print if self.main else None)
+                                                say=print if self.main else None,
+                                                disk_bytes=cfg.feature_cache_disk_bytes(),
+                                                disk_path=self._disk_tier_path(self.acc.process_index))
+        if self.main:   # disk-tier files a killed attempt left: a resumed run rebuilds its cache
+            for stale in self._disk_tier_path(0).parent.glob(self._disk_tier_path("*").name):
+                stale.unlink()
 
     # setup --------------------------------------------------------------------------------------
+    def _disk_tier_path(self, rank: int | str) -> Path:
+        """A process's file of the feature cache's disk tier."""
+        name = f"feature-cache-rank-{rank}.bin"
+        if self.cfg.feature_cache_dir:
+            return Path(self.cfg.feature_cache_dir) / f"{self.run.path.resolve().name}-{name}"
+        return self.run.path / name
+
     def _build_grades(self):
         from vlm_grades.grades import GradES, GradESConfig
 
@@ -256,7 +268,9 @@ class Trainer:
         record = {"step": state.step, "epoch": state.epoch + state.position / max(1, len(self.sampler)),
                   "loss": loss, "lr": current_lrs(self.optimizer), "step_time": step_time, "wall": state.wall,
                   "tokens": tokens, "frozen": frozen}
-        record.update(self.feature_cache.step_record(self._reduce_sum if self.acc.num_processes > 1 else None) or {})
+        multi = self.acc.num_processes > 1
+        record.update(self.feature_cache.step_record(self._reduce_sum if multi else None, self.acc.process_index,
+                                                     self.acc.num_processes) or {})
         if self.main:
             self.run.append("metrics", record)
             if self.cfg.report_to and state.step % self.cfg.log_every == 0:
@@ -387,7 +401,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             accelerator.init_trackers(run.path.name, config={k: v for k, v in cfg.to_dict().items()
                                                             if isinstance(v, (int, float, str, bool))})
     accelerator.wait_for_everyone()
-    state = trainer.fit()
+    try:
+        state = trainer.fit()
+    finally:
+        trainer.feature_cache.close()
     summary: dict[str, Any] = {"run": str(run.path), "steps": state.step, "planned_steps": cfg.steps,
                                "stop_reason": state.stop_reason, "wall_time": state.wall}
     if trainer.grades is not None:
@@ -436,7 +453,8 @@ def check_launcher(cfg: TrainConfig) -> None:
 
 
 def write_rank_state(trainer: Trainer, run: RunFolder) -> None:
-    """rank-<i>.json in the run folder: this process's final weights hash, frozen matrices, trainable parameters."""
+    """rank-<i>.json in the run folder: this process's final weights hash, frozen matrices, trainable parameters,
+    the step its feature cache went on (None: never)."""
     import hashlib
     import json
 
@@ -447,7 +465,8 @@ def write_rank_state(trainer: Trainer, run: RunFolder) -> None:
     frozen = trainer.grades.frozen if trainer.grades is not None else {}
     record = {"rank": trainer.acc.process_index, "processes": trainer.acc.num_processes, "step": trainer.state.step,
               "weights_sha256": digest.hexdigest(), "frozen": dict(sorted(frozen.items())),
-              "trainable": sorted(n for n, p in trainer.module.named_parameters() if p.requires_grad)}
+              "trainable": sorted(n for n, p in trainer.module.named_parameters() if p.requires_grad),
+              "feature_cache_on_step": trainer.feature_cache.on_step}
     (run.path / f"rank-{trainer.acc.process_index}.json").write_text(json.dumps(record, indent=1))
 
 

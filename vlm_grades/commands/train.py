@@ -116,6 +116,12 @@ def register(sub) -> None:
                    help="memory for the frozen-tower feature cache, e.g. 2GB, 512MB, 0 = off (default 2GB): once "
                         "vision and projector are frozen (--freeze or GradES), each image's projector output is "
                         "computed once and reused; also used by the final evaluation")
+    r.add_argument("--feature-cache-disk", default=S, metavar="SIZE",
+                   help="disk tier of the feature cache, e.g. 20GB, 0 = off (default 0): a memory-mapped file per "
+                        "process holding the features the memory tier evicts, for data sets larger than RAM; "
+                        "deleted at the end, rebuilt on resume")
+    r.add_argument("--feature-cache-dir", default=S, metavar="DIR",
+                   help="folder of the disk tier's files (default: the run folder)")
     p.set_defaults(func=run)
 
 
