@@ -36,20 +36,38 @@ def test_answers_agree_with_the_caption():
             assert any(a in obj for obj in objects), (q, objects, a)
 
 
-def test_yes_no_asked_as_easyvqa_asks_them_and_captions_a_third_of_training():
-    """The named colour or shape is drawn from the whole vocabulary (mostly absent), half the questions are
-    negated: given the negation the answer has a prior, the stage a from-scratch model learns first."""
+def yes_share(split: str) -> tuple[float, float, float]:
+    """(share of captions, share of "yes" among plain yes/no questions, among negated ones) of 600 pictures"""
     from vlm_grades.data.easyvqa import is_negated
 
-    samples = load_scenes("train", pictures=600)
+    samples = load_scenes(split, pictures=600)
     kinds = collections.Counter(s.meta["answer_kind"] for s in samples)
-    assert abs(kinds["caption"] / sum(kinds.values()) - 1 / 3) < 0.01
     yes_no = [(is_negated(s.meta["question"]), s.targets[0]) for s in samples if s.meta["answer_kind"] == "yes/no"]
     negated = [a for n, a in yes_no if n]
     plain = [a for n, a in yes_no if not n]
     assert abs(len(negated) / len(yes_no) - 0.5) < 0.05
-    assert plain.count("yes") / len(plain) < 0.35 and negated.count("yes") / len(negated) > 0.65
-    assert abs(sum(a == "yes" for _, a in yes_no) / len(yes_no) - 0.5) < 0.05
+    return kinds["caption"] / sum(kinds.values()), plain.count("yes") / len(plain), negated.count("yes") / len(negated)
+
+
+def test_train_prior_names_things_at_random_so_a_prior_answers_first():
+    """stage 1a: the named colour or shape is drawn from the whole vocabulary (mostly absent), half the questions
+    negated: given the negation the answer has a prior, the stage a from-scratch model learns first"""
+    captions, plain, negated = yes_share("train-prior")
+    assert abs(captions - 1 / 3) < 0.01
+    assert plain < 0.35 and negated > 0.65
+
+
+def test_train_and_held_out_yes_no_are_balanced_for_each_negation():
+    for split in ("train", "test"):
+        captions, plain, negated = yes_share(split)
+        assert abs(plain - 0.5) < 0.05 and abs(negated - 0.5) < 0.05, split
+    assert abs(yes_share("train")[0] - 1 / 3) < 0.01
+
+
+def test_train_prior_has_the_train_pictures():
+    prior, train = load_scenes("train-prior", pictures=5), load_scenes("train", pictures=5)
+    assert [s.image.tobytes() for s in prior] == [s.image.tobytes() for s in train]
+    assert [s.id for s in prior] == [s.id for s in train]
 
 
 def test_its_words_cover_every_easyvqa_question_and_answer():

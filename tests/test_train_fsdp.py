@@ -30,10 +30,11 @@ VISION = [f"vision_encoder.blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv_p
 # step 3: two matrices; step 6: the rest of the vision tower and the projector (both modalities finalize)
 SCHEDULE = {"3": ["decoder.blocks.0.mlp.up_proj", "vision_encoder.blocks.1.mlp.fc2"],
             "6": [n for n in VISION if n != "vision_encoder.blocks.1.mlp.fc2"] + ["MP.proj"]}
-IMPOSED = ["--max-samples", "96", "--steps", "10", "--checkpoint-every", "100", "--no-progress", "--seed", "5",
-           "--mix-fraction", "0", "--tau", "1e-30", "--alpha", "0.1", "--eval-split="]
+# from random weights, and no feature cache (its one-image tower passes differ from batched ones in the last bits)
+IMPOSED = ["--from-scratch", "--feature-cache", "0", "--max-samples", "96", "--steps", "10", "--checkpoint-every",
+           "100", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--tau", "1e-30", "--alpha", "0.1", "--eval-split="]
 # live rule: auto thresholds, grace 6 steps; checkpoints every 4 steps
-LIVE = ["--max-samples", "128", "--batch-size", "4", "--steps", "20", "--checkpoint-every", "4", "--keep-checkpoints",
+LIVE = ["--from-scratch", "--feature-cache", "0", "--max-samples", "128", "--batch-size", "4", "--steps", "20", "--checkpoint-every", "4", "--keep-checkpoints",
         "20", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--alpha", "0.3", "--rho", "0.3",
         "--smoothing", "0", "--auto-window", "3"]
 

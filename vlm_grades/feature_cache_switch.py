@@ -19,8 +19,9 @@ TOWER = ("vision", "projector")
 class FeatureCacheSwitch:
     def __init__(self, adapter, modality_params: dict[str, list], max_bytes: int,
                  emit: Callable[[str, dict], None] | None = None, say: Callable[[str], None] | None = None,
-                 disk_bytes: int = 0, disk_path: Path | None = None):
+                 disk_bytes: int = 0, disk_path: Path | None = None, blocker: str | None = None):
         self.adapter, self.params, self.max_bytes = adapter, modality_params, max_bytes
+        self.blocker = blocker   # a reason of the run's own (not the adapter's) that keeps the cache off
         self.disk_bytes, self.disk_path = disk_bytes, disk_path
         if disk_bytes > 0:   # a folder that cannot be made fails now, not when the tower freezes
             self._disk_error(lambda: disk_path.parent.mkdir(parents=True, exist_ok=True))
@@ -36,7 +37,8 @@ class FeatureCacheSwitch:
         """Call after the freeze state may have changed (start of training, after each optimizer step)."""
         if self.cache is not None or self.max_bytes <= 0 or not self.tower_frozen():
             return
-        blocker = getattr(self.adapter, "feature_cache_blocker", lambda: "this model adapter has no feature cache")()
+        blocker = self.blocker or getattr(self.adapter, "feature_cache_blocker",
+                                          lambda: "this model adapter has no feature cache")()
         if blocker:
             if not self._blocked_told:
                 self._blocked_told = True

@@ -104,7 +104,10 @@ class Trainer:
                                                 emit=self.run.append if self.main else None,
                                                 say=print if self.main else None,
                                                 disk_bytes=cfg.feature_cache_disk_bytes(),
-                                                disk_path=self._disk_tier_path(self.acc.process_index))
+                                                disk_path=self._disk_tier_path(self.acc.process_index),
+                                                # the cache runs the tower outside the sharded root's forward
+                                                blocker="--distributed fsdp (the tower's weights are sharded)"
+                                                if self.fsdp else None)
         if self.main:   # disk-tier files a killed attempt left: a resumed run rebuilds its cache
             for stale in self._disk_tier_path(0).parent.glob(self._disk_tier_path("*").name):
                 stale.unlink()
