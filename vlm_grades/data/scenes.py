@@ -138,6 +138,14 @@ def _yes_no(template: str, present: bool) -> str:
     return "yes" if present != is_negated(template) else "no"
 
 
+def _name(rng: random.Random, named: str, present: bool, has: list[str], vocabulary: tuple[str, ...]) -> str:
+    """The colour or shape a yes/no question names: from the whole vocabulary ("random"), or one the picture
+    has if `present` and one it lacks otherwise."""
+    if named == "random":
+        return rng.choice(vocabulary)
+    return rng.choice(has) if present else rng.choice([x for x in vocabulary if x not in has])
+
+
 def _template(rng: random.Random, templates: tuple[str, ...]) -> str:
     negated = rng.random() < NEGATED_SHARE
     return rng.choice([t for t in templates if is_negated(t) == negated])
@@ -155,20 +163,12 @@ def scene_questions(objects: list[tuple[str, str]], rng: random.Random, k: int,
         if r < 0.5:   # yes/no: a colour, a shape or a pair
             present = rng.random() < PRESENT_SHARE   # "random": only pairs use it
             which = rng.random()
-            if which < 0.4:
-                if named == "random":
-                    c = rng.choice(COLORS)
-                else:
-                    c = rng.choice(colors) if present else rng.choice([x for x in COLORS if x not in colors])
-                t = _template(rng, COLOR_YESNO).replace("<C>", c)
-                out.append((t, _yes_no(t, c in colors), "yes/no"))
-            elif which < 0.8:
-                if named == "random":
-                    s = rng.choice(SHAPES)
-                else:
-                    s = rng.choice(shapes) if present else rng.choice([x for x in SHAPES if x not in shapes])
-                t = _template(rng, SHAPE_YESNO).replace("<S>", s)
-                out.append((t, _yes_no(t, s in shapes), "yes/no"))
+            if which < 0.8:   # a colour (0.4) or a shape
+                has, vocabulary, templates, slot = ((colors, COLORS, COLOR_YESNO, "<C>") if which < 0.4
+                                                    else (shapes, SHAPES, SHAPE_YESNO, "<S>"))
+                word = _name(rng, named, present, has, vocabulary)
+                t = _template(rng, templates).replace(slot, word)
+                out.append((t, _yes_no(t, word in has), "yes/no"))
             else:
                 c, s = rng.choice(objects)
                 if not present and named == "random":   # the right colour with another shape
