@@ -76,6 +76,24 @@ def nano_batches(adapter, samples, size=16):
             for i in range(0, len(samples), size)]
 
 
+def per_image_bytes(adapter) -> int:
+    return adapter.cfg.mp_image_token_length * adapter.cfg.lm_hidden_dim * 4   # float32 projector output
+
+
+def cached_losses_equal_the_tower(adapter, batches, cache: FeatureCache) -> dict:
+    """Two passes over `batches` with `cache`: every loss equals the uncached one; -> the cache's stats"""
+    with torch.no_grad():
+        plain = [adapter.loss(b) for b in batches]
+        adapter.feature_cache = cache
+        try:
+            for _ in range(2):
+                for b, ref in zip(batches, plain):
+                    assert rel(adapter.loss(b), ref) < TOL
+            return cache.stats()
+        finally:
+            adapter.feature_cache = None
+
+
 def test_nanovlm_cached_loss_and_logits_equal_the_tower(nano):
     adapter, samples = nano
     batch = nano_batches(adapter, samples)[0]
@@ -98,18 +116,9 @@ def test_nanovlm_cached_loss_and_logits_equal_the_tower(nano):
 def test_nanovlm_cache_smaller_than_the_data_evicts_and_stays_exact(nano):
     adapter, samples = nano
     batches = nano_batches(adapter, samples)
-    per_image = adapter.cfg.mp_image_token_length * adapter.cfg.lm_hidden_dim * 4
+    per_image = per_image_bytes(adapter)
     images = len({k for b in batches for k in b["image_keys"]})
-    with torch.no_grad():
-        plain = [adapter.loss(b) for b in batches]
-        adapter.feature_cache = FeatureCache(max_bytes=2 * per_image)
-        try:
-            for _ in range(2):
-                for b, ref in zip(batches, plain):
-                    assert rel(adapter.loss(b), ref) < TOL
-            stats = adapter.feature_cache.stats()
-        finally:
-            adapter.feature_cache = None
+    stats = cached_losses_equal_the_tower(adapter, batches, FeatureCache(max_bytes=2 * per_image))
     assert images > 2 and stats["entries"] <= 2 and stats["bytes"] <= 2 * per_image and stats["evictions"] > 0
 
 

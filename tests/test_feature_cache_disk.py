@@ -14,12 +14,8 @@ from vlm_grades.errors import UserError
 from vlm_grades.feature_cache import FeatureCache
 from vlm_grades.feature_cache_disk import DiskTier
 from vlm_grades.run_folder import RunFolder
-
-TOL = 1e-6
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+from test_feature_cache import TOL, cached_losses_equal_the_tower, nano_batches, per_image_bytes
+from test_feature_cache import nano  # noqa: F401  (a pytest fixture, used by name)
 
 
 def test_ring_is_bounded_exact_and_drops_the_oldest(tmp_path):
@@ -62,38 +58,13 @@ def test_two_tiers_move_features_between_memory_and_disk(tmp_path):
     assert stats["disk"]["entries"] == 1 and stats["disk"]["bytes"] == 16
 
 
-@pytest.fixture(scope="module")
-def nano():
-    from vlm_grades.models import build_adapter
-    from vlm_grades.train_data import load_split
-
-    torch.manual_seed(0)
-    cfg = TrainConfig.build({"model": "nanovlm", "task": "easyvqa", "max_samples": 96, "progress": False,
-                            "from_scratch": True})   # random weights: a loss far from 0
-    samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
-    return build_adapter(cfg, samples), samples
-
-
-def per_image_bytes(adapter) -> int:
-    return adapter.cfg.mp_image_token_length * adapter.cfg.lm_hidden_dim * 4
-
-
 def test_small_memory_plus_disk_gives_the_tower_losses_and_disk_hits(nano, tmp_path):
     adapter, samples = nano
-    batches = [adapter.collate([adapter.preprocess(s, train=True) for s in samples[i:i + 16]])
-               for i in range(0, len(samples), 16)]
+    batches = nano_batches(adapter, samples)
     images = len({k for b in batches for k in b["image_keys"]})
     per_image = per_image_bytes(adapter)
-    with torch.no_grad():
-        plain = [adapter.loss(b) for b in batches]
-        adapter.feature_cache = FeatureCache(2 * per_image, DiskTier(tmp_path / "d.bin", 10 ** 8))
-        try:
-            for _ in range(2):
-                for b, ref in zip(batches, plain):
-                    assert rel(adapter.loss(b), ref) < TOL
-            stats = adapter.feature_cache.stats()
-        finally:
-            adapter.feature_cache = None
+    stats = cached_losses_equal_the_tower(adapter, batches, FeatureCache(2 * per_image,
+                                                                          DiskTier(tmp_path / "d.bin", 10 ** 8)))
     assert images > 2 and stats["entries"] <= 2 and stats["evictions"] > 0
     assert stats["misses"] == images                     # every image through the tower once: the rest was kept
     assert stats["disk_hits"] > 0 and stats["memory_hits"] + stats["disk_hits"] == stats["hits"]
