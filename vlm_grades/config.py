@@ -118,7 +118,7 @@ class TrainConfig:
         model, task = chosen.get("model", cls.model), chosen.get("task")
         task = task or MODEL_DEFAULTS.get(model, {}).get("task", cls.task)
         layers = (MODEL_DEFAULTS.get(model, {}), TASK_DEFAULTS.get(task, {}),
-                  MODEL_TASK_DEFAULTS.get((model, task), {}), _nanovlm_recipe(model, task, chosen)) + layers
+                  _nanovlm_recipe(model, task, chosen)) + layers
         merged: dict[str, Any] = {}
         for layer in layers:
             for key, value in layer.items():
@@ -228,20 +228,10 @@ class TrainConfig:
             raise UserError(f"--freeze {','.join(self.freeze)}: leaves nothing to train{what}")
 
     def feature_cache_bytes(self) -> int:
-        from vlm_grades.feature_cache import parse_size
-
-        try:
-            return parse_size(self.feature_cache)
-        except ValueError as e:
-            raise UserError(f"--feature-cache: {e}") from None
+        return _size("--feature-cache", self.feature_cache)
 
     def feature_cache_disk_bytes(self) -> int:
-        from vlm_grades.feature_cache import parse_size
-
-        try:
-            return parse_size(self.feature_cache_disk)
-        except ValueError as e:
-            raise UserError(f"--feature-cache-disk: {e}") from None
+        return _size("--feature-cache-disk", self.feature_cache_disk)
 
     def _check_feature_cache(self) -> None:
         memory, disk = self.feature_cache_bytes(), self.feature_cache_disk_bytes()
@@ -343,8 +333,6 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                    "task": "vqav2"},
 }
 
-MODEL_TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {}
-
 # The embedded default fine-tunes the shipped base (nanovlm/base, stage 1 on the `scenes` corpus) on easy-VQA:
 # a fine-tuning schedule, not a pretraining one. The caption task keeps its from-scratch recipe (the base
 # already captions shapes; the caption benchmark measures GradES on a task learned from random weights).
@@ -355,6 +343,15 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "lr_vision": 3e-4, "lr_proje
 # captions ("a red triangle"): the caption names the shape of every image, while only one easy-VQA question
 # in eight asks for it (measured: shape questions at chance after 800 steps without captions, 99% with them).
 SCRATCH_DEFAULTS: dict[str, dict[str, Any]] = {"easyvqa": {"mix_task": "easyvqa-caption", "mix_fraction": 0.5}}
+
+
+def _size(flag: str, value: str) -> int:
+    from vlm_grades.feature_cache import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise UserError(f"{flag}: {e}") from None
 
 
 def shipped_base() -> str:

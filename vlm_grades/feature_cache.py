@@ -65,7 +65,7 @@ def image_key(ref: Any, settings: str) -> str:
     return f"{image_identity(ref)}|{settings}"
 
 
-def _nbytes(value: torch.Tensor) -> int:
+def tensor_nbytes(value: torch.Tensor) -> int:
     return value.numel() * value.element_size()
 
 
@@ -117,7 +117,7 @@ class FeatureCache:
         return found   # type: ignore[return-value]
 
     def _put(self, key: str, value: torch.Tensor) -> None:
-        size = _nbytes(value)
+        size = tensor_nbytes(value)
         if key in self.entries:
             return
         if size > self.max_bytes:
@@ -126,7 +126,7 @@ class FeatureCache:
             return
         while self.bytes + size > self.max_bytes and self.entries:
             old_key, old = self.entries.popitem(last=False)
-            self.bytes -= _nbytes(old)
+            self.bytes -= tensor_nbytes(old)
             self.evictions += 1
             if self.disk is not None:
                 self.disk.put(old_key, old)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import torch
 
+from vlm_grades.feature_cache import tensor_nbytes
+
 _ALIGN = 64   # every entry starts at a multiple of this, so a slice can be viewed as any dtype
 
 
@@ -42,7 +44,7 @@ class DiskTier:
         return key in self.index
 
     def put(self, key: str, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
+        size = tensor_nbytes(value)
         if key in self.index or size > self.max_bytes:
             return
         start = -(-self.head // _ALIGN) * _ALIGN
