@@ -493,6 +493,7 @@ def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) ->
         return resume_point(path, accelerator.is_main_process)
     if path.is_dir() and any(path.iterdir()):
         raise UserError(f"--out {path}: folder exists and is not empty (use --resume to continue that run)")
+    accelerator.wait_for_everyone()   # every process has looked before the main one writes into it
     if accelerator.is_main_process:
         check_can_create(path)
     return RunFolder(path, create=True), None
