@@ -42,12 +42,12 @@ def test_parse_size_and_flag_errors(capsys):
 
 
 def test_lru_eviction_keeps_the_most_recent_within_the_bound():
-    cache = FeatureCache(max_bytes=3 * 16)                      # three 4-float entries
+    cache = FeatureCache(max_bytes=3 * 16, chunk=1)                    # three 4-float entries
     calls = []
 
-    def encode(i):
-        calls.append(i)
-        return torch.full((4,), float(i))
+    def encode(indices):
+        calls.extend(indices)
+        return [torch.full((4,), float(i)) for i in indices]
 
     cache.lookup(["a", "b", "c"], encode)
     cache.lookup(["a"], encode)                                  # a is now the most recent
@@ -56,6 +56,61 @@ def test_lru_eviction_keeps_the_most_recent_within_the_bound():
     out = cache.lookup(["b", "b", "a"], encode)                  # b again: one tower run for both
     assert calls == [0, 1, 2, 0, 0] and torch.equal(out[0], out[1])
     assert cache.stats()["hits"] == 3 and cache.stats()["misses"] == 5
+
+
+def test_a_size_below_one_byte_is_an_error_not_off(capsys):
+    for text in ("0.5", ".3", "0.9B"):
+        with pytest.raises(ValueError, match="less than one byte"):
+            parse_size(text)
+    assert parse_size("0.5MB") == 500_000 and parse_size("0.0") == 0
+    with pytest.raises(UserError, match=r"^--feature-cache: '0.5' is less than one byte"):
+        TrainConfig.build({"feature_cache": "0.5"})
+    assert main(["train", "--feature-cache", "0.5", "--out", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--feature-cache: '0.5' is less than one byte" in err
+
+
+def test_a_batch_of_misses_goes_through_the_tower_in_fixed_size_chunks():
+    calls = []
+
+    def encode(indices):
+        calls.append(list(indices))
+        return [torch.full((2,), float(i)) for i in indices]
+
+    cache = FeatureCache(max_bytes=10 ** 6)
+    out = cache.lookup([f"k{i}" for i in range(12)], encode)    # chunk from the first batch: 6 of 12
+    assert cache.chunk == 6 and calls == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
+    assert [float(o[0]) for o in out] == list(range(12))
+    calls.clear()
+    out = cache.lookup(["k0", "new1", "k3", "new2", "new1"], encode)   # two misses: one call, filled up
+    assert calls == [[1, 3, 3, 3, 3, 3]] and [float(o[0]) for o in out] == [0, 1, 3, 3, 1]
+    calls.clear()
+    groups = cache.lookup(["a", "b", "c"], encode, group=lambda i: i % 2)   # a call per group
+    assert calls == [[0, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1]] and [float(g[0]) for g in groups] == [0, 1, 2]
+    from vlm_grades.feature_cache import chunk_size
+    assert [chunk_size(b) for b in (1, 4, 8, 12, 64, 13, 9)] == [1, 4, 8, 6, 8, 13, 3]
+
+
+def test_a_cache_that_mostly_misses_switches_itself_off(tmp_path):
+    from vlm_grades.feature_cache import WINDOW
+
+    cache = FeatureCache(max_bytes=4 * 8, chunk=4)                   # four 2-float entries
+    encode = lambda indices: [torch.full((2,), float(i)) for i in indices]   # noqa: E731
+    step = 0
+    while cache.cannot_pay() is None:                                # every image new: nothing is ever found
+        cache.lookup([f"k{step}-{i}" for i in range(4)], encode)
+        step += 1
+        assert step * 4 <= WINDOW + 8
+    assert cache.full() and step * 4 >= WINDOW
+    cache.switch_off()
+    assert cache.entries == {} and cache.bytes == 0
+    out = cache.lookup(["k0-0", "k0-0"], encode)                     # still answers, keeps nothing
+    assert [float(o[0]) for o in out] == [0, 0] and not cache.entries
+
+    paying = FeatureCache(max_bytes=4 * 8, chunk=4)                  # a cache that hits half the time
+    for step in range(WINDOW):
+        paying.lookup(["r0", "r1"] + [f"n{step}-{i}" for i in range(2)], encode)
+        assert paying.cannot_pay() is None
 
 
 # ---------------------------------------------------------------- nanoVLM

@@ -41,12 +41,12 @@ def test_ring_is_bounded_exact_and_drops_the_oldest(tmp_path):
 
 
 def test_two_tiers_move_features_between_memory_and_disk(tmp_path):
-    cache = FeatureCache(max_bytes=2 * 16, disk=DiskTier(tmp_path / "d.bin", 10 ** 4))   # two 4-float entries
+    cache = FeatureCache(max_bytes=2 * 16, disk=DiskTier(tmp_path / "d.bin", 10 ** 4), chunk=1)   # two 4-float entries
     calls = []
 
-    def encode(i):
-        calls.append(i)
-        return torch.full((4,), float(i))
+    def encode(indices):
+        calls.extend(indices)
+        return [torch.full((4,), float(i)) for i in indices]
 
     cache.lookup(["a", "b", "c"], encode)                  # a goes to disk
     assert list(cache.entries) == ["b", "c"] and "a" in cache.disk

@@ -35,7 +35,10 @@ class FeatureCacheSwitch:
 
     def update(self, step: int) -> None:
         """Call after the freeze state may have changed (start of training, after each optimizer step)."""
-        if self.cache is not None or self.max_bytes <= 0 or not self.tower_frozen():
+        if self.cache is not None:
+            self._judge(step)
+            return
+        if self.max_bytes <= 0 or not self.tower_frozen():
             return
         blocker = self.blocker or getattr(self.adapter, "feature_cache_blocker",
                                           lambda: "this model adapter has no feature cache")()
@@ -53,6 +56,17 @@ class FeatureCacheSwitch:
             disk = f" in memory, {format_size(self.disk_bytes)} on disk"
         self._tell(step, record, f"feature cache on from step {step}: vision and projector frozen, features of "
                                  f"up to {format_size(self.max_bytes)}{disk} kept")
+
+    def _judge(self, step: int) -> None:
+        """A full cache that mostly misses goes off (once; its features keep their bits, see FeatureCache)."""
+        reason = self.cache.cannot_pay()
+        if reason is None:
+            return
+        self.cache.switch_off()
+        self._tell(step, {"state": "off", "reason": reason},
+                   f"feature cache off from step {step}: {reason} (--feature-cache "
+                   f"{format_size(self.max_bytes)} holds too few of the images; a larger one, or "
+                   f"--feature-cache-disk, may pay)")
 
     def _disk_tier(self):
         if self.disk_bytes <= 0:

@@ -185,7 +185,7 @@ class NanoVLMAdapter:
         rows = {"vision": (self.cfg.vit_img_size // self.cfg.vit_patch_size) ** 2,
                 "projector": self.cfg.mp_image_token_length}
         features = self.feature_cache.lookup(batch["image_keys"],
-                                             lambda i: model.image_features(images[i:i + 1])[0],
+                                             lambda indices: list(model.image_features(images[indices])),
                                              rows=[rows] * images.shape[0])
         return torch.stack(features)
 

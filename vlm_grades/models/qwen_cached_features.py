@@ -24,13 +24,18 @@ def image_features(hf: nn.Module, cache: FeatureCache, batch: dict[str, Any], de
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     pixels = batch["pixel_values"]
 
-    def encode(i: int) -> torch.Tensor:
-        out = hf.get_image_features(pixels[starts[i]:starts[i] + sizes[i]].to(device), grid[i:i + 1].to(device))
+    def encode(indices: list[int]) -> list[torch.Tensor]:
+        chosen = torch.cat([pixels[starts[i]:starts[i] + sizes[i]] for i in indices])
+        out = hf.get_image_features(chosen.to(device), grid[indices].to(device))
         features = getattr(out, "pooler_output", out)   # 5.x: an output object; older: a tuple or one tensor
-        return features if torch.is_tensor(features) else features[0]
+        if torch.is_tensor(features):   # one tensor of every image's rows
+            merged = [int(grid[i].prod()) * features.shape[0] // sum(sizes[j] for j in indices) for i in indices]
+            features = torch.split(features, merged)
+        return list(features)
 
     rows = [{"vision": n, "projector": n} for n in sizes]
-    return cache.lookup(batch["image_keys"], encode, rows=rows)
+    # images of one patch grid share a tower call: the call's shape, and so its bits, depend on the grid only
+    return cache.lookup(batch["image_keys"], encode, rows=rows, group=lambda i: tuple(grid[i].tolist()))
 
 
 def spliced_inputs(hf: nn.Module, inputs: dict[str, torch.Tensor], features: list[torch.Tensor]) -> dict[str, Any]:
