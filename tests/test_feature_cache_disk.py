@@ -140,3 +140,75 @@ def test_resumed_run_drops_leftover_disk_files_and_ends_as_the_uninterrupted_one
     again = load_file(str(run / "final" / "model.safetensors"))
     assert all(torch.equal(again[k], whole[k]) for k in whole)
     assert not list(run.glob("feature-cache-rank-*"))
+
+
+def test_space_freed_by_hits_is_reused_before_anything_is_evicted(tmp_path):
+    """A hit moves its feature to memory and leaves a hole: the next features fill holes, and the tier evicts only
+    when its free space cannot hold them."""
+    slot = 256                                             # bytes of one entry (a multiple of the alignment)
+    disk = DiskTier(tmp_path / "d.bin", max_bytes=10 * slot)
+    value = lambda i: torch.full((slot // 4,), float(i))   # noqa: E731
+    for i in range(6):
+        disk.put(f"k{i}", value(i))
+    for i in range(0, 6, 2):                               # three hits: three holes
+        disk.discard(f"k{i}")
+    for i in range(6, 13):                                 # seven more: 3 + 7 = 10 entries, the tier's size
+        disk.put(f"k{i}", value(i))
+    assert disk.evictions == 0 and len(disk.index) == 10 and disk.bytes == 10 * slot
+    assert all(torch.equal(disk.get(k), value(int(k[1:]))) for k in disk.index)
+    disk.put("k13", value(13))                             # now full: the oldest written goes
+    assert disk.evictions == 1 and "k1" not in disk and torch.equal(disk.get("k13"), value(13))
+    for i in range(14, 40):                                # mixed sizes keep within the bound, exact
+        disk.discard(f"k{i - 5}")
+        disk.put(f"k{i}", torch.full((slot // 8 * (1 + i % 3),), float(i)))
+        assert disk.bytes <= disk.max_bytes
+        assert torch.equal(disk.get(f"k{i}"), torch.full((slot // 8 * (1 + i % 3),), float(i)))
+    disk.close()
+
+
+def _file_size_limit(limit: int):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_a_disk_tier_that_does_not_fit_fails_in_one_line_before_training(tmp_path, freeze):
+    """A full file system stands in as a file-size limit of 2 MB: the 50 MB disk tier is reserved at the start and
+    fails there, in one line, with nothing trained and no file left (b49fe67: the sparse file was made when the
+    tower froze, and a full disk killed the run with SIGBUS on a write through the map)."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    argv = [a for a in RUN if a not in ("--freeze", "vision,projector")] + (["--freeze", "vision,projector"]
+                                                                          if freeze else [])
+    done = subprocess.run([sys.executable, "-m", "vlm_grades", *argv, "--steps", "2", "--out", str(run),
+                           "--feature-cache-disk", "50MB"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_file_size_limit(2 * 10 ** 6))
+    err = done.stderr.strip()
+    assert done.returncode == 2, err[-2000:]
+    assert len(err.splitlines()) == 1 and "--feature-cache-disk 50.0MB: cannot reserve" in err, err
+    assert not list(run.glob("feature-cache-rank-*"))
+    assert not [e for e in RunFolder(run).read("events") if e["type"] == "start"] if run.exists() else True
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/proc/nope"])
+def test_the_disk_tier_folder_is_probed_before_any_work(tmp_path, capsys, monkeypatch, folder):
+    """An unwritable --feature-cache-dir (even for root: /proc) or one that cannot be made fails before data and
+    model load (b49fe67: when GradES finalized the tower, or after loading)."""
+    import vlm_grades.train as train_module
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("data or model loaded before --feature-cache-dir was checked")
+
+    monkeypatch.setattr(train_module, "load_split", loaded)
+    monkeypatch.setattr(train_module, "build_adapter", loaded)
+    argv = [a for a in RUN if a not in ("--freeze", "vision,projector")]
+    assert main(argv + ["--out", str(tmp_path / "run"), "--feature-cache-disk", "1MB",
+                        "--feature-cache-dir", folder]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"vlm-grades train: error: --feature-cache-dir {folder}"), err

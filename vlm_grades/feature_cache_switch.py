@@ -4,16 +4,54 @@ The cache goes on once every parameter of the vision encoder and of the projecto
 step 1, or finalized by GradES) and the adapter names nothing that makes an image's features vary between steps
 (random augmentation, dropout in the tower, LoRA adapters on it). The decision follows from the freeze state
 alone, which the engine keeps identical on every process, so every process switches at the same step; each
-caches the images it sees (a disk tier: its own file). Once on, it stays on: frozen parameters never thaw.
+caches the images it sees (a disk tier: its own file, made and reserved at the start). Once on, it stays on
+(frozen parameters never thaw) unless its hit rate cannot pay (FeatureCache.cannot_pay): then it keeps nothing
+and says so in one line; the features keep their bits either way.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
+from vlm_grades.errors import UserError
 from vlm_grades.feature_cache import FeatureCache, format_size
+from vlm_grades.feature_cache_disk import DiskTier
+from vlm_grades.run_folder import check_can_create
 
 TOWER = ("vision", "projector")
+
+
+def disk_tier_path(run_path: Path, folder: str | None, rank: int | str) -> Path:
+    """A process's file of the disk tier: in the run folder, or in `folder` (--feature-cache-dir) named after
+    the run."""
+    name = f"feature-cache-rank-{rank}.bin"
+    return Path(folder) / f"{Path(run_path).resolve().name}-{name}" if folder else Path(run_path) / name
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes of the file system `folder` is (or will be) on."""
+    import shutil
+
+    existing = next((f for f in [Path(folder), *Path(folder).absolute().parents] if f.exists()), Path("/"))
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return 0
+
+
+def check_disk_tier(run_path: Path, folder: str | None, disk_bytes: int, processes: int) -> None:
+    """Before any work: the disk tier's folder is writable (tried: create, write, remove a file) and has room
+    for the files of this machine's `processes` (those a killed attempt left count as room)."""
+    if disk_bytes <= 0:
+        return
+    where = Path(folder) if folder else Path(run_path)
+    check_can_create(where, "--feature-cache-dir" if folder else "--out")
+    leftovers = sum(p.stat().st_blocks * 512 for p in where.glob(disk_tier_path(run_path, folder, "*").name))
+    need, free = disk_bytes * processes, free_bytes(where) + leftovers
+    if free < need:
+        raise UserError(f"--feature-cache-disk {format_size(disk_bytes)}: {format_size(free)} free in {where}, "
+                        f"{processes} process(es) need {format_size(need)}; give a smaller size or another "
+                        f"--feature-cache-dir")
 
 
 class FeatureCacheSwitch:
@@ -23,8 +61,8 @@ class FeatureCacheSwitch:
         self.adapter, self.params, self.max_bytes = adapter, modality_params, max_bytes
         self.blocker = blocker   # a reason of the run's own (not the adapter's) that keeps the cache off
         self.disk_bytes, self.disk_path = disk_bytes, disk_path
-        if disk_bytes > 0:   # a folder that cannot be made fails now, not when the tower freezes
-            self._disk_error(lambda: disk_path.parent.mkdir(parents=True, exist_ok=True))
+        # made (its space reserved) now, at the start of training: a full disk fails here, not at the freeze
+        self.disk = self._disk_error(lambda: DiskTier(disk_path, disk_bytes)) if disk_bytes > 0 else None
         self.emit, self.say = emit, say
         self.cache: FeatureCache | None = None
         self.on_step: int | None = None
@@ -69,25 +107,22 @@ class FeatureCacheSwitch:
                    f"--feature-cache-disk, may pay)")
 
     def _disk_tier(self):
-        if self.disk_bytes <= 0:
-            return None
-        from vlm_grades.feature_cache_disk import DiskTier
-
-        return self._disk_error(lambda: DiskTier(self.disk_path, self.disk_bytes))
+        return self.disk
 
     def _disk_error(self, make: Callable[[], Any]) -> Any:
-        from vlm_grades.errors import UserError
-
         try:
             return make()
         except OSError as e:
-            raise UserError(f"--feature-cache-dir {self.disk_path.parent}: cannot write the disk tier "
-                            f"({e.strerror or e})") from None
+            raise UserError(f"--feature-cache-disk {format_size(self.disk_bytes)}: cannot reserve the disk tier's "
+                            f"file {self.disk_path} ({e.strerror or e}; "
+                            f"{format_size(free_bytes(self.disk_path.parent))} free there)") from None
 
     def close(self) -> None:
         """End of training: the disk tier's file goes."""
         if self.cache is not None:
             self.cache.close()
+        elif self.disk is not None:   # reserved, never used
+            self.disk.close()
 
     def _tell(self, step: int, record: dict[str, Any], line: str) -> None:
         if self.emit is not None:

@@ -29,7 +29,7 @@ from vlm_grades.config import MODALITIES, TrainConfig
 from vlm_grades.divergence import keep_last_finite, nonfinite_parameter, report_diverged
 from vlm_grades.grades.shards import local
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache_switch import FeatureCacheSwitch
+from vlm_grades.feature_cache_switch import FeatureCacheSwitch, check_disk_tier, disk_tier_path
 from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
 from vlm_grades.resume import resume_point
 from vlm_grades.run_folder import RunFolder, check_can_create
@@ -100,6 +100,10 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self.model = self._wrap()
+        if self.main:   # disk-tier files of processes a killed attempt had beyond ours; ours are made anew
+            mine = {self._disk_tier_path(r) for r in range(self.acc.num_processes)}
+            for stale in set(self._disk_tier_path(0).parent.glob(self._disk_tier_path("*").name)) - mine:
+                stale.unlink()
         self.feature_cache = FeatureCacheSwitch(self.adapter, self.modality_params, cfg.feature_cache_bytes(),
                                                 emit=self.run.append if self.main else None,
                                                 say=print if self.main else None,
@@ -108,17 +112,11 @@ class Trainer:
                                                 # the cache runs the tower outside the sharded root's forward
                                                 blocker="--distributed fsdp (the tower's weights are sharded)"
                                                 if self.fsdp else None)
-        if self.main:   # disk-tier files a killed attempt left: a resumed run rebuilds its cache
-            for stale in self._disk_tier_path(0).parent.glob(self._disk_tier_path("*").name):
-                stale.unlink()
 
     # setup --------------------------------------------------------------------------------------
     def _disk_tier_path(self, rank: int | str) -> Path:
         """A process's file of the feature cache's disk tier."""
-        name = f"feature-cache-rank-{rank}.bin"
-        if self.cfg.feature_cache_dir:
-            return Path(self.cfg.feature_cache_dir) / f"{self.run.path.resolve().name}-{name}"
-        return self.run.path / name
+        return disk_tier_path(self.run.path, self.cfg.feature_cache_dir, rank)
 
     def _build_grades(self):
         from vlm_grades.grades import GradES, GradESConfig
@@ -394,6 +392,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to or None,
                               project_dir=cfg.out, cpu=_cpu_processes())
     run, resume_from = open_run_folder(cfg, resume, accelerator)
+    if accelerator.is_local_main_process:   # before data and model load: the disk tier's folder and room
+        check_disk_tier(run.path, cfg.feature_cache_dir, cfg.feature_cache_disk_bytes(),
+                        int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     trainer = Trainer(cfg, run, accelerator, resume_from)
     if accelerator.is_main_process:
         run.write_json("components.json", trainer.registry.to_json(trainer.module))
