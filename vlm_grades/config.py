@@ -91,25 +91,26 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> dict[str, Any]:
+    def from_yaml(cls, path: str | Path, flag: str = "--config") -> dict[str, Any]:
+        """The settings of a YAML file; `flag` names where it came from in error messages."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
-            raise UserError(f"--config {path}: file not found") from None
+            raise UserError(f"{flag} {path}: file not found") from None
         except OSError as e:   # a folder, no permission
-            raise UserError(f"--config {path}: cannot read ({e.strerror or e})") from None
+            raise UserError(f"{flag} {path}: cannot read ({e.strerror or e})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise UserError(f"{flag} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
-            raise UserError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+            raise UserError(f"{flag} {path}: expected a mapping of settings, got {type(data).__name__}")
         unknown = set(data) - cls.field_names()
         if unknown:
-            raise UserError(f"--config {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+            raise UserError(f"{flag} {path}: unknown setting(s) {', '.join(sorted(unknown))}")
         try:
             return {k: _coerce(k, v) for k, v in data.items()}
         except UserError as e:
-            raise UserError(f"--config {path}: {e}") from None
+            raise UserError(f"{flag} {path}: {e}") from None
 
     @classmethod
     def build(cls, *layers: dict[str, Any]) -> "TrainConfig":

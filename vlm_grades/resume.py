@@ -1,27 +1,125 @@
-"""Where `vlm-grades train --resume` starts: an unfinished run from its newest complete checkpoint, or afresh
-when it never wrote one; a finished run is refused, so its model, scores and logs are never overwritten."""
+"""Where `vlm-grades train --resume` starts, and with which settings.
+
+Only a folder `vlm-grades train` wrote is resumed (config.yaml, components.json and a start event: `check_run`);
+anything else is refused before a file is touched. An unfinished run continues from its newest complete
+checkpoint, or starts afresh when it never wrote one (removing only the files the run itself writes); a finished
+run is refused, so its model, scores and logs are never overwritten. A resumed run keeps the settings it ran with
+(`check_changes`): changing one that shapes the training is refused in one line naming it, so config.yaml always
+describes what ran; only settings that leave the trained weights alone (logging, checkpoints kept, the final
+evaluation, the feature cache) may change.
+"""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
-from vlm_grades.checkpoint import latest_checkpoint
+from vlm_grades.checkpoint import complete_checkpoints, latest_checkpoint
 from vlm_grades.errors import UserError
-from vlm_grades.run_folder import LOGS, RunFolder
+from vlm_grades.run_folder import LOGS, RunFolder, read_jsonl
 
-# what a run writes after its settings; config.yaml and components.json are rewritten by the new attempt
-OUTPUTS = [f"{kind}.jsonl" for kind in LOGS] + ["summary.json", "final", "eval", "report", "checkpoints"]
+# what a run writes after its settings and removes when it starts afresh; config.yaml and components.json are
+# rewritten by the new attempt. final/, eval/ and report/ stay: the new attempt writes its own files over
+# the run's, and a user's files there are not the run's to delete
+OUTPUTS = [f"{kind}.jsonl" for kind in LOGS] + ["summary.json"]
+
+# settings a resumed run may change: they leave the trained weights alone
+FREE_ON_RESUME = {"progress", "report_to", "log_every", "eval_batch_size", "max_new_tokens", "eval_split",
+                  "eval_data", "eval_max_samples", "num_workers", "keep_checkpoints", "checkpoint_every",
+                  "feature_cache", "feature_cache_disk", "feature_cache_dir", "out"}
+
+
+def check_run(path: Path) -> None:
+    """`path` holds a run `vlm-grades train` wrote: config.yaml, components.json and a start event in
+    events.jsonl (files only a run writes); otherwise one line, before anything is read or touched."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--resume: {path} is not a run folder (it does not exist)")
+    missing = [n for n in ("config.yaml", "components.json", "events.jsonl") if not (path / n).is_file()]
+    if not missing and not any(e.get("type") == "start" for e in read_jsonl(path / "events.jsonl")):
+        missing = ["a start event in events.jsonl"]
+    if missing:
+        raise UserError(f"--resume: {path} is not a vlm-grades run folder (no {', '.join(missing)}); "
+                        f"nothing there was changed")
+
+
+def check_unfinished(run: RunFolder) -> None:
+    end = run.finished()
+    if end is not None:
+        raise UserError(f"--resume: {run.path} is finished (ended at step {end.get('step')}: "
+                        f"{end.get('stop_reason')}); train into a new --out, or delete {run.final} to train it "
+                        f"again from its last checkpoint")
+
+
+def saved_settings(path: Path) -> dict[str, Any]:
+    """The settings in the run's config.yaml, checked as a --config file is (one line naming the file)."""
+    from vlm_grades.config import TrainConfig
+
+    check_run(path)
+    check_unfinished(RunFolder(path))
+    return TrainConfig.from_yaml(Path(path) / "config.yaml", flag="--resume")
+
+
+def check_changes(ran: Any, now: Any, path: Path, extend: bool = False) -> list[str]:
+    """`ran`: the TrainConfig of config.yaml; `now`: with this command's flags. Refuses (one line) a changed
+    setting that shapes the training, and --steps below the newest checkpoint's step or changed without --extend;
+    returns what a valid change means, to be said (an --extend)."""
+    from vlm_grades.commands.train import flag_of
+
+    changed = [(name, getattr(ran, name), getattr(now, name)) for name in ran.field_names()
+               if name not in FREE_ON_RESUME | {"steps", "grades"} and getattr(ran, name) != getattr(now, name)]
+    changed += [(f"grades.{k}", ran.grades.get(k), now.grades.get(k)) for k in sorted(set(ran.grades) | set(now.grades))
+                if ran.grades.get(k) != now.grades.get(k)]
+    if changed:
+        name, before, after = changed[0]
+        more = f" (and {', '.join(flag_of(n) for n, _, _ in changed[1:])})" if len(changed) > 1 else ""
+        raise UserError(f"--resume: {flag_of(name)} {_show(after)}{more} differs from the run's {_show(before)} "
+                        f"({Path(path) / 'config.yaml'}); a resumed run keeps the settings it trained with: train "
+                        f"into a new --out to change it")
+    newest = next(iter(complete_checkpoints(Path(path) / "checkpoints")), None)
+    at = int(newest.name[5:]) if newest is not None else 0
+    if now.steps < at:
+        raise UserError(f"--steps {now.steps}: below step {at} of the run's newest checkpoint ({newest}); a run "
+                        f"cannot be shortened past what it trained")
+    if now.steps == ran.steps:
+        return []
+    if not extend or now.steps < ran.steps:
+        raise UserError(f"--steps {now.steps}: the run planned {ran.steps}; changing the plan changes the learning "
+                        f"rate schedule{' and the GradES grace period' if ran.stopping == 'grades' else ''} from "
+                        f"step {at + 1} on: add --extend to extend it to {now.steps} steps"
+                        if now.steps > ran.steps else
+                        f"--steps {now.steps}: the run planned {ran.steps}; a resumed run cannot be shortened "
+                        f"(its schedule was planned for {ran.steps} steps): train into a new --out")
+    return [extension(ran, now, at)]
+
+
+def extension(ran: Any, now: Any, at: int) -> str:
+    """What --extend changes: the schedule from the next step on, and the grace period of GradES."""
+    from vlm_grades.optim import lr_lambda
+
+    old = lr_lambda(ran.steps, ran.warmup, ran.schedule, ran.min_lr_ratio)
+    new = lr_lambda(now.steps, now.warmup, now.schedule, now.min_lr_ratio)
+    line = (f"--extend: {ran.steps} -> {now.steps} planned steps; the {ran.schedule} schedule is re-planned over "
+            f"{now.steps} steps: the learning rate factor at step {at + 1} is {new(at):.3g} (was {old(at):.3g})")
+    if ran.stopping == "grades":
+        from vlm_grades.grades.config import GradESConfig
+
+        grades = GradESConfig.from_dict(ran.grades)
+        before, after = grades.validate(ran.steps), grades.validate(now.steps)
+        if before != after:
+            line += f"; the GradES grace period ends at step {after} (was {before})"
+    return line
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is None else ",".join(value) if isinstance(value, list) else str(value)
 
 
 def resume_point(path: Path, main_process: bool = True) -> tuple[RunFolder, Path | None]:
     """(the run folder, the checkpoint to resume from, or None to start afresh)."""
-    if not (path / "config.yaml").exists():
-        raise UserError(f"--resume: {path} is not a run folder (no config.yaml)")
+    check_run(path)
     run = RunFolder(path)
-    end = run.finished()
-    if end is not None:
-        raise UserError(f"--resume: {path} is finished (ended at step {end.get('step')}: {end.get('stop_reason')}); "
-                        f"train into a new --out, or delete {run.final} to train it again from its last checkpoint")
+    check_unfinished(run)
     checkpoint = latest_checkpoint(run.checkpoints)
     if checkpoint is None and main_process:
         start_afresh(run)
@@ -30,12 +128,13 @@ def resume_point(path: Path, main_process: bool = True) -> tuple[RunFolder, Path
 
 
 def start_afresh(run: RunFolder) -> None:
-    """Removes what the earlier attempt wrote, so the new one's logs do not continue the old ones."""
+    """Removes what the earlier attempt wrote (its logs, summary and torn checkpoints), so the new one's logs do
+    not continue the old ones; nothing else."""
     for name in OUTPUTS:
-        target = run.path / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
+        (run.path / name).unlink(missing_ok=True)
     for rank_state in run.path.glob("rank-*.json"):
         rank_state.unlink()
+    if run.checkpoints.is_dir():   # no complete checkpoint is there: only torn ones and the pointer
+        for torn in run.checkpoints.glob(".tmp-step-*"):
+            shutil.rmtree(torn, ignore_errors=True)
+        (run.checkpoints / "latest").unlink(missing_ok=True)

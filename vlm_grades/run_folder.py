@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -12,6 +13,48 @@ from typing import Any, Iterator
 from vlm_grades.errors import UserError
 
 LOGS = ("convergence", "events", "metrics")
+LOCK = ".lock"   # held (flock) by the process writing the run; names its pid
+
+_held: dict[Path, int] = {}   # run folder -> the fd of the lock this process holds there
+
+
+def lock_run(path: Path) -> None:
+    """Take the run folder's lock before writing there; a second writer gets "run in progress (pid N)". The lock
+    is an flock, which the kernel drops when its process dies: a lock file a killed run left is free at once.
+    Released by `unlock_run`, or by this process taking it again (a previous train() call has returned)."""
+    path = Path(path)
+    key = path.resolve()
+    unlock_run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").split() or ["?"]
+            os.close(fd)
+            raise UserError(f"--out {path}: run in progress (pid {holder[0]}); wait for it to end, or stop it "
+                            f"first") from None
+        try:   # the holder we waited for may have removed the file meanwhile: then lock the new one
+            same = os.fstat(fd).st_ino == os.stat(path / LOCK).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[key] = fd
+
+
+def unlock_run(path: Path) -> None:
+    fd = _held.pop(Path(path).resolve(), None)
+    if fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(Path(path) / LOCK)
+        os.close(fd)
+        with contextlib.suppress(OSError):   # a new run that failed while setting up leaves nothing behind
+            Path(path).rmdir()
 
 
 def _clean(value: Any) -> Any:

@@ -31,8 +31,8 @@ from vlm_grades.grades.shards import local
 from vlm_grades.errors import UserError
 from vlm_grades.feature_cache_switch import FeatureCacheSwitch, check_disk_tier, disk_tier_path
 from vlm_grades.optim import build_optimizer, build_scheduler, current_lrs
-from vlm_grades.resume import resume_point
-from vlm_grades.run_folder import RunFolder, check_can_create
+from vlm_grades.resume import check_run, resume_point
+from vlm_grades.run_folder import LOCK, RunFolder, check_can_create, lock_run, unlock_run
 from vlm_grades.sampler import ResumableSampler
 from vlm_grades.sharded_checkpoint import is_sharded_checkpoint, load_sharded, save_sharded
 from vlm_grades.models import build_adapter
@@ -432,6 +432,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         run.append("events", {"type": "end", "step": state.step, "wall_time": state.wall,
                               "stop_reason": state.stop_reason})
         run.write_json("summary.json", summary)
+        unlock_run(run.path)
     accelerator.wait_for_everyone()
     if cfg.report_to:
         accelerator.end_training()
@@ -491,12 +492,16 @@ def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) ->
     """A new, empty run folder; or, with resume, the existing one and its newest complete checkpoint (None: afresh)."""
     path = Path(cfg.out)
     if resume:
+        if accelerator.is_main_process:
+            check_run(path)   # a folder that is not a run is refused before anything is written there
+            lock_run(path)
         return resume_point(path, accelerator.is_main_process)
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
         raise UserError(f"--out {path}: folder exists and is not empty (use --resume to continue that run)")
     accelerator.wait_for_everyone()   # every process has looked before the main one writes into it
     if accelerator.is_main_process:
         check_can_create(path)
+        lock_run(path)
     return RunFolder(path, create=True), None
 
 

@@ -26,7 +26,11 @@ def register(sub) -> None:
     p.add_argument("--config", default=S, help="YAML file of settings (keys as the flags, with underscores)")
     p.add_argument("--resume", action="store_true", default=S,
                    help="continue the unfinished run in --out from its newest complete checkpoint (afresh "
-                        "if it has none); a finished run is refused")
+                        "if it has none); a finished run is refused. It keeps the settings it trained with: "
+                        "only logging, checkpointing, final-evaluation and feature-cache flags may change")
+    p.add_argument("--extend", action="store_true", default=S,
+                   help="with --resume and a larger --steps: extend the run's plan (the schedule is re-planned "
+                        "over the new total from the next step on; what changes is printed)")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=S, help="nanovlm or qwen2.5-vl (default nanovlm)")
     m.add_argument("--preset", default=S, help="nanovlm preset: tiny, smol or 222m (default tiny)")
@@ -147,8 +151,19 @@ GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": 
                 "patience": "patience", "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
 
 
+def flag_of(setting: str) -> str:
+    """The flag of a TrainConfig field, or of `grades.<field>` (a YAML key where no flag sets it)."""
+    from vlm_grades.config import _flag
+
+    if not setting.startswith("grades."):
+        return _flag(setting)
+    key = setting[len("grades."):]
+    names = {v: k for k, v in GRADES_FLAGS.items()} | {"tau": "tau", "finalize_modalities": "no_finalize"}
+    return f"--{names[key].replace('_', '-')}" if key in names else setting
+
+
 def flags_to_settings(args: argparse.Namespace) -> dict:
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "resume")}
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "resume", "extend")}
     settings: dict = {}
     grades: dict = {}
     for key, value in given.items():
@@ -180,19 +195,32 @@ def run(args: argparse.Namespace) -> int:
         layers.append(TrainConfig.from_yaml(args.config))
     layers.append(flags_to_settings(args))
     resume = getattr(args, "resume", False)
+    if getattr(args, "extend", False) and not resume:
+        from vlm_grades.errors import UserError
+        raise UserError("--extend: only with --resume (it extends a run's planned --steps)")
     if resume:
-        import yaml
         from pathlib import Path
+
+        from vlm_grades.resume import check_changes, saved_settings
 
         out = layers[-1].get("out") or (layers[0].get("out") if layers else None)
         if not out:
             from vlm_grades.errors import UserError
             raise UserError("--resume: name the run folder with --out")
-        saved = Path(out) / "config.yaml"
-        if saved.exists():  # the saved settings win over defaults; flags given now still override them
-            layers.insert(0, yaml.safe_load(saved.read_text()))
+        saved = saved_settings(Path(out))   # the saved settings win over defaults; flags given now are checked
+        layers.insert(0, saved)
     cfg = TrainConfig.build(*layers)
-    summary = train(cfg, resume=resume)
+    if resume:
+        for line in check_changes(TrainConfig.build(saved, {"out": cfg.out}), cfg, Path(out),
+                                  extend=getattr(args, "extend", False)):
+            print(line)
+    from vlm_grades.run_folder import unlock_run
+
+    try:
+        summary = train(cfg, resume=resume)
+    finally:   # also when it failed: the lock of this process goes (a dead process's goes by itself)
+        if cfg.out:
+            unlock_run(cfg.out)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:   # one summary per run, not one per process
