@@ -66,10 +66,13 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False) -> list[
     returns what a valid change means, to be said (an --extend)."""
     from vlm_grades.commands.train import flag_of
 
-    changed = [(name, getattr(ran, name), getattr(now, name)) for name in ran.field_names()
+    import dataclasses
+
+    changed = [(name, getattr(ran, name), getattr(now, name)) for name in (f.name for f in dataclasses.fields(ran))
                if name not in FREE_ON_RESUME | {"steps", "grades"} and getattr(ran, name) != getattr(now, name)]
-    changed += [(f"grades.{k}", ran.grades.get(k), now.grades.get(k)) for k in sorted(set(ran.grades) | set(now.grades))
-                if ran.grades.get(k) != now.grades.get(k)]
+    before, after = _resolved_grades(ran), _resolved_grades(now)
+    changed += [(f"grades.{k}", before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+                if before.get(k) != after.get(k)]
     if changed:
         name, before, after = changed[0]
         more = f" (and {', '.join(flag_of(n) for n, _, _ in changed[1:])})" if len(changed) > 1 else ""
@@ -111,7 +114,16 @@ def extension(ran: Any, now: Any, at: int) -> str:
     return line
 
 
+def _resolved_grades(cfg: Any) -> dict[str, Any]:
+    """Every GradES setting as the engine reads it (config.yaml holds them resolved; flags give some)."""
+    from vlm_grades.grades.config import GradESConfig
+
+    return GradESConfig.from_dict(cfg.grades).to_dict() if cfg.stopping == "grades" else dict(cfg.grades)
+
+
 def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_show(v)}" for k, v in value.items())
     return "(unset)" if value is None else ",".join(value) if isinstance(value, list) else str(value)
 
 
