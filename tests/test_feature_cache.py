@@ -18,8 +18,8 @@ from vlm_grades.cli import main  # noqa: E402
 from vlm_grades.config import TrainConfig  # noqa: E402
 from vlm_grades.data.schema import Sample  # noqa: E402
 from vlm_grades.errors import UserError  # noqa: E402
-from vlm_grades.feature_cache import FeatureCache, parse_size  # noqa: E402
-from vlm_grades.run_folder import RunFolder  # noqa: E402
+from vlm_grades.feature_cache.memory import FeatureCache, parse_size  # noqa: E402
+from vlm_grades.training.run_folder import RunFolder  # noqa: E402
 
 TOL = 1e-6
 
@@ -87,12 +87,12 @@ def test_a_batch_of_misses_goes_through_the_tower_in_fixed_size_chunks():
     calls.clear()
     groups = cache.lookup(["a", "b", "c"], encode, group=lambda i: i % 2)   # a call per group
     assert calls == [[0, 2, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1]] and [float(g[0]) for g in groups] == [0, 1, 2]
-    from vlm_grades.feature_cache import chunk_size
+    from vlm_grades.feature_cache.memory import chunk_size
     assert [chunk_size(b) for b in (1, 4, 8, 12, 64, 13, 9)] == [1, 4, 8, 6, 8, 13, 3]
 
 
 def test_a_cache_that_mostly_misses_switches_itself_off(tmp_path):
-    from vlm_grades.feature_cache import WINDOW
+    from vlm_grades.feature_cache.memory import WINDOW
 
     cache = FeatureCache(max_bytes=4 * 8, chunk=4)                   # four 2-float entries
     encode = lambda indices: [torch.full((2,), float(i)) for i in indices]   # noqa: E731
@@ -117,7 +117,7 @@ def test_a_cache_that_mostly_misses_switches_itself_off(tmp_path):
 @pytest.fixture(scope="module")
 def nano():
     from vlm_grades.models import build_adapter
-    from vlm_grades.train_data import load_split
+    from vlm_grades.training.data import load_split
 
     torch.manual_seed(0)
     cfg = TrainConfig.build({"model": "nanovlm", "task": "easyvqa", "max_samples": 96, "progress": False,

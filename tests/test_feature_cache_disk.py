@@ -11,9 +11,9 @@ import torch
 from vlm_grades.cli import main
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache import FeatureCache
-from vlm_grades.feature_cache_disk import DiskTier
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.feature_cache.memory import FeatureCache
+from vlm_grades.feature_cache.disk import DiskTier
+from vlm_grades.training.run_folder import RunFolder
 from test_feature_cache import TOL, cached_losses_equal_the_tower, nano_batches, per_image_bytes
 from test_feature_cache import nano  # noqa: F401  (a pytest fixture, used by name)
 
@@ -200,7 +200,7 @@ def test_a_disk_tier_that_does_not_fit_fails_in_one_line_before_training(tmp_pat
 def test_the_disk_tier_folder_is_probed_before_any_work(tmp_path, capsys, monkeypatch, folder):
     """An unwritable --feature-cache-dir (even for root: /proc) or one that cannot be made fails before data and
     model load (b49fe67: when GradES finalized the tower, or after loading)."""
-    import vlm_grades.train as train_module
+    import vlm_grades.training.loop as train_module
 
     def loaded(*args, **kwargs):
         raise AssertionError("data or model loaded before --feature-cache-dir was checked")

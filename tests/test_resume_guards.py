@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vlm_grades.cli import main
-from vlm_grades.run_folder import LOCK, RunFolder
+from vlm_grades.training.run_folder import LOCK, RunFolder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SMALL = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--checkpoint-every", "4", "--eval-split=",
@@ -150,7 +150,7 @@ def test_a_second_writer_is_refused_while_the_first_lives(tmp_path, capsys):
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
     assert (run / LOCK).read_text().split() == [str(proc.pid)]       # left by the dead process
-    from vlm_grades.run_folder import lock_run, unlock_run
+    from vlm_grades.training.run_folder import lock_run, unlock_run
 
     lock_run(run)                                                    # a dead holder's lock is free
     assert (run / LOCK).read_text().split() == [str(os.getpid())]

@@ -282,6 +282,21 @@ def _flag(name: str) -> str:
     return name if name in _YAML_ONLY else f"--{name.replace('_', '-')}"
 
 
+# `vlm-grades train` flags that set a GradES setting (flag dest -> key of `grades`)
+GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
+                "auto_window": "auto_window", "snr_window": "snr_window", "alpha": "alpha", "interval": "interval",
+                "patience": "patience", "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
+
+
+def flag_of(setting: str) -> str:
+    """The flag of a TrainConfig field, or of `grades.<key>` (a YAML key where no flag sets it)."""
+    if not setting.startswith("grades."):
+        return _flag(setting)
+    key = setting[len("grades."):]
+    names = {v: k for k, v in GRADES_FLAGS.items()} | {"tau": "tau", "finalize_modalities": "no_finalize"}
+    return f"--{names[key].replace('_', '-')}" if key in names else setting
+
+
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
@@ -347,7 +362,7 @@ SCRATCH_DEFAULTS: dict[str, dict[str, Any]] = {"easyvqa": {"mix_task": "easyvqa-
 
 
 def _size(flag: str, value: str) -> int:
-    from vlm_grades.feature_cache import parse_size
+    from vlm_grades.feature_cache.memory import parse_size
 
     try:
         return parse_size(value)

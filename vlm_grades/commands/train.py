@@ -146,23 +146,9 @@ def add_rule_flags(group) -> None:
                        help="do not freeze a converged modality's norms and embeddings")
 
 
-GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
-                "auto_window": "auto_window", "snr_window": "snr_window", "alpha": "alpha", "interval": "interval",
-                "patience": "patience", "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
-
-
-def flag_of(setting: str) -> str:
-    """The flag of a TrainConfig field, or of `grades.<field>` (a YAML key where no flag sets it)."""
-    from vlm_grades.config import _flag
-
-    if not setting.startswith("grades."):
-        return _flag(setting)
-    key = setting[len("grades."):]
-    names = {v: k for k, v in GRADES_FLAGS.items()} | {"tau": "tau", "finalize_modalities": "no_finalize"}
-    return f"--{names[key].replace('_', '-')}" if key in names else setting
-
-
 def flags_to_settings(args: argparse.Namespace) -> dict:
+    from vlm_grades.config import GRADES_FLAGS
+
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "resume", "extend")}
     settings: dict = {}
     grades: dict = {}
@@ -188,7 +174,7 @@ def flags_to_settings(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from vlm_grades.config import TrainConfig
-    from vlm_grades.train import train
+    from vlm_grades.training.run import train
 
     layers = []
     if getattr(args, "config", None):
@@ -201,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     if resume:
         from pathlib import Path
 
-        from vlm_grades.resume import check_changes, saved_settings
+        from vlm_grades.training.resume import check_changes, saved_settings
 
         out = layers[-1].get("out") or (layers[0].get("out") if layers else None)
         if not out:
@@ -214,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         for line in check_changes(TrainConfig.build(saved, {"out": cfg.out}), cfg, Path(out),
                                   extend=getattr(args, "extend", False)):
             print(line)
-    from vlm_grades.run_folder import unlock_run
+    from vlm_grades.training.run_folder import unlock_run
 
     try:
         summary = train(cfg, resume=resume)

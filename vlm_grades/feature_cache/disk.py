@@ -19,9 +19,20 @@ from typing import NamedTuple
 
 import torch
 
-from vlm_grades.feature_cache import tensor_nbytes
+from vlm_grades.feature_cache.sizes import tensor_nbytes
 
 _ALIGN = 64   # every entry starts at a multiple of this, so a slice can be viewed as any dtype
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes of the file system `folder` is (or will be) on."""
+    import shutil
+
+    existing = next((f for f in [Path(folder), *Path(folder).absolute().parents] if f.exists()), Path("/"))
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return 0
 
 
 class _Entry(NamedTuple):

@@ -14,44 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache import FeatureCache, format_size
-from vlm_grades.feature_cache_disk import DiskTier
-from vlm_grades.run_folder import check_can_create
+from vlm_grades.feature_cache.memory import FeatureCache, format_size
 
 TOWER = ("vision", "projector")
-
-
-def disk_tier_path(run_path: Path, folder: str | None, rank: int | str) -> Path:
-    """A process's file of the disk tier: in the run folder, or in `folder` (--feature-cache-dir) named after
-    the run."""
-    name = f"feature-cache-rank-{rank}.bin"
-    return Path(folder) / f"{Path(run_path).resolve().name}-{name}" if folder else Path(run_path) / name
-
-
-def free_bytes(folder: Path) -> int:
-    """Free bytes of the file system `folder` is (or will be) on."""
-    import shutil
-
-    existing = next((f for f in [Path(folder), *Path(folder).absolute().parents] if f.exists()), Path("/"))
-    try:
-        return shutil.disk_usage(existing).free
-    except OSError:
-        return 0
-
-
-def check_disk_tier(run_path: Path, folder: str | None, disk_bytes: int, processes: int) -> None:
-    """Before any work: the disk tier's folder is writable (tried: create, write, remove a file) and has room
-    for the files of this machine's `processes` (those a killed attempt left count as room)."""
-    if disk_bytes <= 0:
-        return
-    where = Path(folder) if folder else Path(run_path)
-    check_can_create(where, "--feature-cache-dir" if folder else "--out")
-    leftovers = sum(p.stat().st_blocks * 512 for p in where.glob(disk_tier_path(run_path, folder, "*").name))
-    need, free = disk_bytes * processes, free_bytes(where) + leftovers
-    if free < need:
-        raise UserError(f"--feature-cache-disk {format_size(disk_bytes)}: {format_size(free)} free in {where}, "
-                        f"{processes} process(es) need {format_size(need)}; give a smaller size or another "
-                        f"--feature-cache-dir")
 
 
 class FeatureCacheSwitch:
@@ -62,7 +27,7 @@ class FeatureCacheSwitch:
         self.blocker = blocker   # a reason of the run's own (not the adapter's) that keeps the cache off
         self.disk_bytes, self.disk_path = disk_bytes, disk_path
         # made (its space reserved) now, at the start of training: a full disk fails here, not at the freeze
-        self.disk = self._disk_error(lambda: DiskTier(disk_path, disk_bytes)) if disk_bytes > 0 else None
+        self.disk = self._disk_error(self._make_disk_tier) if disk_bytes > 0 else None
         self.emit, self.say = emit, say
         self.cache: FeatureCache | None = None
         self.on_step: int | None = None
@@ -109,7 +74,14 @@ class FeatureCacheSwitch:
     def _disk_tier(self):
         return self.disk
 
+    def _make_disk_tier(self):
+        from vlm_grades.feature_cache.disk import DiskTier
+
+        return DiskTier(self.disk_path, self.disk_bytes)
+
     def _disk_error(self, make: Callable[[], Any]) -> Any:
+        from vlm_grades.feature_cache.disk import free_bytes
+
         try:
             return make()
         except OSError as e:

@@ -5,7 +5,7 @@ Adapters consult it through one call, `FeatureCache.lookup(keys, encode)`: the f
 images, in order, with only the images not held yet going through the tower. A key is the image's identity
 plus every preprocessing setting that changes its pixels (`image_key`). Memory is bounded (`max_bytes`,
 least-recently-used eviction); entries keep the model's dtype and device. With a disk tier
-(feature_cache_disk.py), what memory evicts, or cannot hold, goes there, and a disk hit moves back to memory.
+(disk.py), what memory evicts, or cannot hold, goes there, and a disk hit moves back to memory.
 Nothing here is checkpointed: a resumed run starts with an empty cache.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:   # torch is imported where the cache is used: `vlm-grades score` loads this module without it
     import torch
 
-    from vlm_grades.feature_cache_disk import DiskTier
+    from vlm_grades.feature_cache.disk import DiskTier
+
+from vlm_grades.feature_cache.sizes import tensor_nbytes
 
 DEFAULT_SIZE = "2GB"
 WINDOW = 1000          # images looked up by a full cache before its hit rate is judged
@@ -75,10 +77,6 @@ def chunk_size(batch: int) -> int:
     a batch never cost more tower calls' rows than the batch itself (a prime batch above 8: itself)."""
     best = max(d for d in range(1, min(batch, 8) + 1) if batch % d == 0)
     return batch if best == 1 else best
-
-
-def tensor_nbytes(value: torch.Tensor) -> int:
-    return value.numel() * value.element_size()
 
 
 class FeatureCache:

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vlm_grades.checkpoint import complete_checkpoints, latest_checkpoint
 from vlm_grades.errors import UserError
-from vlm_grades.run_folder import LOGS, RunFolder, read_jsonl
+from vlm_grades.training.checkpoint import complete_checkpoints, latest_checkpoint
+from vlm_grades.training.run_folder import LOGS, RunFolder, read_jsonl
 
 # what a run writes after its settings and removes when it starts afresh; config.yaml and components.json are
 # rewritten by the new attempt. final/, eval/ and report/ stay: the new attempt writes its own files over
@@ -64,9 +64,9 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False) -> list[
     """`ran`: the TrainConfig of config.yaml; `now`: with this command's flags. Refuses (one line) a changed
     setting that shapes the training, and --steps below the newest checkpoint's step or changed without --extend;
     returns what a valid change means, to be said (an --extend)."""
-    from vlm_grades.commands.train import flag_of
-
     import dataclasses
+
+    from vlm_grades.config import flag_of
 
     changed = [(name, getattr(ran, name), getattr(now, name)) for name in (f.name for f in dataclasses.fields(ran))
                if name not in FREE_ON_RESUME | {"steps", "grades"} and getattr(ran, name) != getattr(now, name)]
@@ -98,7 +98,7 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False) -> list[
 
 def extension(ran: Any, now: Any, at: int) -> str:
     """What --extend changes: the schedule from the next step on, and the grace period of GradES."""
-    from vlm_grades.optim import lr_lambda
+    from vlm_grades.training.schedule import lr_lambda
 
     old = lr_lambda(ran.steps, ran.warmup, ran.schedule, ran.min_lr_ratio)
     new = lr_lambda(now.steps, now.warmup, now.schedule, now.min_lr_ratio)
