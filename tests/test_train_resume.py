@@ -120,6 +120,8 @@ def test_torn_checkpoints_are_never_picked(tmp_path):
     assert main(["train", *SMALL, "--out", str(reference)]) == 0
     assert main(["train", *SMALL, "--out", str(run)]) == 0
     root = run / "checkpoints"
+    assert latest_checkpoint(root) == root / "step-12"          # the end of every run is checkpointed
+    shutil.rmtree(root / "step-12")                             # as if killed while writing it
     assert latest_checkpoint(root) == root / "step-8"
 
     # a checkpoint folder without its state file (renamed by hand, or copied half-way), a torn temporary folder

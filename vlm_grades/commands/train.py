@@ -193,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         if not out:
             from vlm_grades.errors import UserError
             raise UserError("--resume: name the run folder with --out")
-        saved = saved_settings(Path(out))   # the saved settings win over defaults; flags given now are checked
+        # the saved settings win over defaults; flags given now are checked against them
+        saved = saved_settings(Path(out), extend=getattr(args, "extend", False))
         layers.insert(0, saved)
     cfg = TrainConfig.build(*layers)
     if resume:
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from vlm_grades.training.run_folder import unlock_run
 
     try:
-        summary = train(cfg, resume=resume)
+        summary = train(cfg, resume=resume, extend=getattr(args, "extend", False))
     finally:   # also when it failed: the lock of this process goes (a dead process's goes by itself)
         if cfg.out:
             unlock_run(cfg.out)

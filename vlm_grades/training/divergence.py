@@ -48,7 +48,7 @@ def report_diverged(run: RunFolder, adapter, step: int, reason: str, checkpoint:
     """The adapter already holds the weights of `checkpoint` (None: no finite checkpoint): saves and logs."""
     result = str(checkpoint.relative_to(run.path)) if checkpoint is not None else None
     if checkpoint is not None:
-        adapter.save(run.final)
+        run.save_final(adapter)
     run.append("events", {"type": "diverged", "step": step, "reason": reason, "result": result})
     kept = f"final/ holds {result}, the last finite checkpoint (not evaluated)" if result else \
         "no checkpoint was written before it, so no model is saved"

@@ -44,13 +44,15 @@ class LoopState:
     stop_reason: str | None = None
     diverged: bool = False   # non-finite loss or weights: never checkpointed, see divergence.py
     classic: dict[str, Any] = field(default_factory=initial_classic_state)
+    processes: int = 1       # the world size: the data position and the global batch are in its terms
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run: RunFolder, accelerator: Accelerator, resume_from: Path | None):
         self.cfg, self.run, self.acc = cfg, run, accelerator
         self.main = accelerator.is_main_process
-        self.state = LoopState()
+        self.state = LoopState(processes=accelerator.num_processes)
+        self.resumed_step: int | None = None   # the step of the checkpoint this attempt started from
         set_seed(cfg.seed)
 
         main_samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
@@ -119,6 +121,7 @@ class Trainer:
         # the policies hold the loop state: update it in place
         for key, value in trainer_state["loop"].items():
             setattr(self.state, key, value)
+        self.resumed_step = self.state.step
         if self.main:
             self.run.truncate_after(self.state.step)
             print(f"resumed from {path} at step {self.state.step}")
@@ -244,11 +247,14 @@ class Trainer:
 
     # checkpoints --------------------------------------------------------------------------------
     def _checkpoint_due(self) -> bool:
-        """Every --checkpoint-every steps, and at the step of an early stop, so it can be resumed and compared."""
+        """Every --checkpoint-every steps, at the step of an early stop (so it can be resumed and compared) and at
+        the last planned step: a run killed after it (saving or evaluating) loses no step, and an --extend
+        continues from its end."""
         state = self.state
-        if state.diverged or state.step >= self.cfg.steps:
+        if state.diverged:
             return False
-        return state.stop_reason is not None or state.step % self.cfg.checkpoint_every == 0
+        return state.stop_reason is not None or state.step % self.cfg.checkpoint_every == 0 or \
+            state.step >= self.cfg.steps
 
     def _checkpoint_if_finite(self) -> None:
         bad = self.parallel.nonfinite(self.module)   # the same answer on every rank: the same decision

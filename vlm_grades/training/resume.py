@@ -51,12 +51,13 @@ def check_unfinished(run: RunFolder) -> None:
                         f"again from its last checkpoint")
 
 
-def saved_settings(path: Path) -> dict[str, Any]:
+def saved_settings(path: Path, extend: bool = False) -> dict[str, Any]:
     """The settings in the run's config.yaml, checked as a --config file is (one line naming the file)."""
     from vlm_grades.config import TrainConfig
 
     check_run(path)
-    check_unfinished(RunFolder(path))
+    if not extend:   # an --extend may continue a finished run from its last checkpoint (check_changes)
+        check_unfinished(RunFolder(path))
     return TrainConfig.from_yaml(Path(path) / "config.yaml", flag="--resume")
 
 
@@ -84,8 +85,10 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False) -> list[
     if now.steps < at:
         raise UserError(f"--steps {now.steps}: below step {at} of the run's newest checkpoint ({newest}); a run "
                         f"cannot be shortened past what it trained")
-    if now.steps == ran.steps:
+    if now.steps == ran.steps and not extend:
         return []
+    if extend and now.steps <= ran.steps:
+        raise UserError(f"--extend: give a --steps above the run's {ran.steps} planned steps")
     if not extend or now.steps < ran.steps:
         raise UserError(f"--steps {now.steps}: the run planned {ran.steps}; changing the plan changes the learning "
                         f"rate schedule{' and the GradES grace period' if ran.stopping == 'grades' else ''} from "
@@ -93,7 +96,18 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False) -> list[
                         if now.steps > ran.steps else
                         f"--steps {now.steps}: the run planned {ran.steps}; a resumed run cannot be shortened "
                         f"(its schedule was planned for {ran.steps} steps): train into a new --out")
-    return [extension(ran, now, at)]
+    end = RunFolder(path).finished()
+    if end is not None and end.get("step", 0) < ran.steps:
+        raise UserError(f"--extend: the run stopped at step {end.get('step')} of {ran.steps} "
+                        f"({end.get('stop_reason')}): there is no plan left to extend; train into a new --out")
+    if end is not None and at < end.get("step", 0):
+        raise UserError(f"--extend: the run ended at step {end.get('step')} but its newest checkpoint is step {at} "
+                        f"(written before runs checkpointed their last step): steps {at + 1}-{end.get('step')} would "
+                        f"be trained again under another schedule; train into a new --out")
+    said = extension(ran, now, at)
+    if end is not None:
+        said += "; its final/, eval/ and summary are replaced when the extended run ends"
+    return [said]
 
 
 def extension(ran: Any, now: Any, at: int) -> str:
@@ -127,16 +141,38 @@ def _show(value: Any) -> str:
     return "(unset)" if value is None else ",".join(value) if isinstance(value, list) else str(value)
 
 
-def resume_point(path: Path, main_process: bool = True) -> tuple[RunFolder, Path | None]:
-    """(the run folder, the checkpoint to resume from, or None to start afresh)."""
+def resume_point(path: Path, main_process: bool = True, processes: int = 1,
+                 extend: bool = False) -> tuple[RunFolder, Path | None]:
+    """(the run folder, the checkpoint to resume from, or None to start afresh). `processes`: this run's world
+    size, which must be the checkpoint's; `extend`: a finished run may continue (checked by check_changes)."""
     check_run(path)
     run = RunFolder(path)
-    check_unfinished(run)
+    if not extend:
+        check_unfinished(run)
     checkpoint = latest_checkpoint(run.checkpoints)
+    if checkpoint is not None:
+        check_processes(checkpoint, processes)
     if checkpoint is None and main_process:
         start_afresh(run)
         print(f"--resume: {path} has no complete checkpoint: starting it afresh with its settings")
     return run, checkpoint
+
+
+def check_processes(checkpoint: Path, processes: int) -> None:
+    """A checkpoint's data position and global batch are those of the world size that wrote it: another is
+    refused in one line (checkpoints of earlier versions: counted by their per-process RNG states)."""
+    import json
+
+    from vlm_grades.training.checkpoint import STATE_FILE, load_checkpoint
+
+    written = json.loads((checkpoint / STATE_FILE).read_text()).get("loop", {}).get("processes")
+    if written is None:
+        rng = load_checkpoint(checkpoint, names=("rng",))[0].get("rng")
+        written = len(rng) if isinstance(rng, list) else 1
+    if written != processes:
+        raise UserError(f"--resume: {checkpoint} was written by {written} process(es), this run has {processes}; "
+                        f"resume it with {written} (torchrun --nproc-per-node {written} ...): its data position "
+                        f"and global batch are those of {written}")
 
 
 def start_afresh(run: RunFolder) -> None:

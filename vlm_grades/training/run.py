@@ -21,14 +21,15 @@ from vlm_grades.training.resume import check_run, resume_point
 from vlm_grades.training.run_folder import LOCK, RunFolder, check_can_create, lock_run, unlock_run
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Runs `vlm-grades train`; returns the summary (steps, stop reason, wall time, score)."""
+def train(cfg: TrainConfig, resume: bool = False, extend: bool = False) -> dict[str, Any]:
+    """Runs `vlm-grades train`; returns the summary (steps, stop reason, wall time, score). extend: a resumed run
+    continues past the end of a finished one (the CLI's --extend, checked by resume.check_changes)."""
     cfg.validate()
     check_launcher(cfg)
     cfg.out = cfg.out or default_run_name(cfg)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.report_to or None,
                               project_dir=cfg.out, cpu=_cpu_processes())
-    run, resume_from = open_run_folder(cfg, resume, accelerator)
+    run, resume_from = open_run_folder(cfg, resume, accelerator, extend)
     if accelerator.is_local_main_process:   # before data and model load: the disk tier's folder and room
         check_disk_tier(run.path, cfg.feature_cache_dir, cfg.feature_cache_disk_bytes(),
                         int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -55,7 +56,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             summary.update(trainer.parallel.keep_diverged(run, trainer.adapter, state.step, state.stop_reason,
                                                           restored))
         else:
-            trainer.adapter.save(run.final)
+            if resume_from is not None and state.step == trainer.resumed_step and run.final.is_dir():
+                print(f"kept {run.final}: the run had saved it at step {state.step} (written atomically, so "
+                      f"complete); evaluating it")
+            else:
+                run.save_final(trainer.adapter)
             if cfg.eval_split:
                 summary["eval"] = evaluate_held_out(cfg, trainer.adapter, run, state.step, trainer.eval_samples)
         run.append("events", {"type": "end", "step": state.step, "wall_time": state.wall,
@@ -117,14 +122,15 @@ def default_run_name(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{cfg.model.replace('.', '')}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator) -> tuple[RunFolder, Path | None]:
+def open_run_folder(cfg: TrainConfig, resume: bool, accelerator: Accelerator,
+                    extend: bool = False) -> tuple[RunFolder, Path | None]:
     """A new, empty run folder; or, with resume, the existing one and its newest complete checkpoint (None: afresh)."""
     path = Path(cfg.out)
     if resume:
         if accelerator.is_main_process:
             check_run(path)   # a folder that is not a run is refused before anything is written there
             lock_run(path)
-        return resume_point(path, accelerator.is_main_process)
+        return resume_point(path, accelerator.is_main_process, accelerator.num_processes, extend)
     if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
         raise UserError(f"--out {path}: folder exists and is not empty (use --resume to continue that run)")
     accelerator.wait_for_everyone()   # every process has looked before the main one writes into it

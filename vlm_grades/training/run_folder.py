@@ -184,6 +184,21 @@ class RunFolder:
     def write_text(self, name: str, text: str) -> None:
         write_text_atomic(self.path / name, text)
 
+    def save_final(self, adapter) -> None:
+        """final/ written atomically: saved into a temporary folder renamed into place, so a final/ that exists is
+        complete (a resumed run keeps and evaluates it)."""
+        import shutil
+
+        tmp = self.path / f".final.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        adapter.save(tmp)
+        for stale in self.path.glob(".final.tmp-*"):   # left by a killed process
+            if stale != tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(tmp, self.final)
+
     def finished(self) -> dict | None:
         """The end event of a finished run (final/ written, an end event after the last start); None otherwise."""
         if not self.final.is_dir():
