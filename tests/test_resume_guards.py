@@ -116,6 +116,7 @@ def test_starting_afresh_keeps_what_the_run_did_not_write(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *SMALL, "--checkpoint-every", "500", "--steps", "4", "--out", str(run)]) == 0
     shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints")                         # as if killed before its only (end) checkpoint
     (run / "eval").mkdir()
     (run / "eval" / "mine.csv").write_text("mine")
     (run / "report").mkdir()
@@ -157,3 +158,31 @@ def test_a_second_writer_is_refused_while_the_first_lives(tmp_path, capsys):
     assert (run / LOCK).read_text().split() == [str(os.getpid())]
     unlock_run(run)
     assert not (run / LOCK).exists()
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_checkpoint_of_another_world_size_is_refused(unfinished, tmp_path, capsys, recorded):
+    """b49fe67 resumed a 2-process DDP checkpoint with 1 process at half the global batch (and a 2-process FSDP
+    one with 3 processes ended in IndexError). A 2-process checkpoint stands in here: its recorded world size
+    (or, for checkpoints without it, its per-process RNG states) says 2."""
+    import json
+
+    import torch
+
+    from vlm_grades.training.checkpoint import STATE_FILE
+
+    run = copy_of(unfinished, tmp_path)
+    checkpoint = run / "checkpoints" / "step-8"
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    if recorded:
+        state["loop"]["processes"] = 2
+    else:
+        state["loop"].pop("processes", None)
+        rng = torch.load(checkpoint / "rng.pt", weights_only=False)
+        torch.save(rng * 2, checkpoint / "rng.pt")
+    (checkpoint / STATE_FILE).write_text(json.dumps(state))
+    before = files(run)
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 2
+    err = one_line(capsys)
+    assert f"{checkpoint} was written by 2 process(es), this run has 1; resume it with 2" in err, err
+    assert files(run) == before

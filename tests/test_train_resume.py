@@ -237,3 +237,59 @@ def test_an_early_stop_writes_a_checkpoint_at_the_stop_step_that_resumes(tmp_pat
     assert_same_weights(reference, run)
     events = RunFolder(run).read("events")
     assert [e["type"] for e in events].count("stop") == 1 and [e["type"] for e in events].count("end") == 1
+
+
+def test_every_run_ends_with_a_checkpoint_and_extend_continues_from_it(tmp_path, capsys):
+    """b49fe67 wrote no checkpoint at the last planned step: extending a finished run restarted from the last
+    periodic one (its later steps discarded) and the schedule was silently rebuilt for the new total."""
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--checkpoint-every", "5", "--out", str(run)]) == 0
+    assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step-12"
+    assert ("checkpoint", 12, None, None, None) in history(run)
+    before = RunFolder(run).read("metrics")
+    capsys.readouterr()
+
+    assert main(["train", "--resume", "--out", str(run), "--steps", "16", "--no-progress"]) == 2
+    assert "is finished" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(run), "--steps", "16", "--extend", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    from vlm_grades.training.schedule import lr_lambda
+
+    new = lr_lambda(16, 0.05, "cosine", 0.1)
+    assert f"the learning rate factor at step 13 is {new(12):.3g}" in out, out
+    assert "final/, eval/ and summary are replaced" in out
+    assert f"resumed from {run / 'checkpoints' / 'step-12'} at step 12" in out and "16/16 steps" in out
+    after = RunFolder(run).read("metrics")
+    assert [m["step"] for m in after] == list(range(1, 17))
+    assert after[:12] == before                                   # steps 1-12 kept, none trained again
+    assert after[12]["lr"]["language"] == pytest.approx(3e-4 * new(13), rel=1e-6)   # the re-planned schedule
+    assert json.loads((run / "summary.json").read_text())["steps"] == 16
+    assert "steps: 16" in (run / "config.yaml").read_text()
+
+
+def test_a_run_killed_during_its_final_evaluation_keeps_its_model_and_evaluates_it(tmp_path):
+    """b49fe67 retrained from the last periodic checkpoint (or from step 0 after deleting final/)."""
+    run = tmp_path / "run"
+    args = [a for a in SMALL if a != "--eval-split="] + ["--eval-split", "test", "--eval-max-samples", "256",
+                                                          "--eval-batch-size", "8", "--out", str(run)]
+    proc = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (run / "final").is_dir():
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err[-2000:]}"
+    assert RunFolder(run).finished() is None and (run / "final" / "model.safetensors").is_file()
+    model = run / "final" / "model.safetensors"
+    saved = (model.read_bytes(), model.stat().st_mtime_ns)
+    trained = RunFolder(run).read("metrics")
+
+    again = subprocess.run(cli("--resume", "--out", str(run), "--no-progress"), env=ENV, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"kept {run / 'final'}" in again.stdout and "at step 12" in again.stdout, again.stdout
+    assert (model.read_bytes(), model.stat().st_mtime_ns) == saved          # the model was kept as it was
+    assert RunFolder(run).read("metrics") == trained                          # no step trained again
+    events = RunFolder(run).read("events")
+    assert [e["type"] for e in events].count("eval") == 1 and events[-1]["type"] == "end"
+    assert RunFolder(run).finished() is not None

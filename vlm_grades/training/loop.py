@@ -116,6 +116,10 @@ class Trainer:
         self.stopping.load_state(parts)   # re-freezes before the optimizer state comes back
         self.parallel.restore_optimizer(path, parts, self.module, self.optimizer)
         self.scheduler.load_state_dict(parts["scheduler"])
+        # the next step's learning rate from this run's schedule (an --extend re-planned it; otherwise the same)
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
         rng = parts["rng"]
         set_rng_state(rng[self.acc.process_index] if isinstance(rng, list) else rng)
         # the policies hold the loop state: update it in place
