@@ -119,13 +119,16 @@ def register(sub) -> None:
     r.add_argument("--feature-cache", default=S, metavar="SIZE",
                    help="memory for the frozen-tower feature cache, e.g. 2GB, 512MB, 0 = off (default 2GB): once "
                         "vision and projector are frozen (--freeze or GradES), each image's projector output is "
-                        "computed once and reused; also used by the final evaluation")
+                        "computed once (a batch's new images together) and reused; a full cache with under 10%% "
+                        "hits switches itself off and says so; also used by the final evaluation")
     r.add_argument("--feature-cache-disk", default=S, metavar="SIZE",
                    help="disk tier of the feature cache, e.g. 20GB, 0 = off (default 0): a memory-mapped file per "
                         "process holding the features the memory tier evicts, for data sets larger than RAM; "
+                        "reserved on disk when training starts (too little room: one line, before training), "
                         "deleted at the end, rebuilt on resume")
     r.add_argument("--feature-cache-dir", default=S, metavar="DIR",
-                   help="folder of the disk tier's files (default: the run folder)")
+                   help="folder of the disk tier's files (default: the run folder); tried (a file created, "
+                        "written, removed) before any work")
     p.set_defaults(func=run)
 
 
