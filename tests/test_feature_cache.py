@@ -228,6 +228,29 @@ def test_resumed_run_with_cache_ends_with_the_weights_of_an_uninterrupted_one(tm
     assert step9["hits"] + step9["misses"] == 8 and step9["misses"] > 0   # rebuilt from empty at step 8
 
 
+def test_a_training_cache_too_small_to_pay_switches_off_in_one_line(tmp_path, capsys, monkeypatch):
+    """A cache of two images (b49fe67: a 4% hit rate was 1.29x slower than no cache, and stayed on): once full and
+    judged it goes off with one line and an event; the run's losses are those of a cache that stayed on (features
+    keep their bits). For a test of a few steps the window is shortened and the bar raised (easy-VQA asks several
+    questions of an image, so even two entries hit half the time)."""
+    import vlm_grades.feature_cache.memory as memory
+
+    monkeypatch.setattr(memory, "WINDOW", 32)
+    monkeypatch.setattr(memory, "MIN_HIT_RATE", 0.9)
+    argv = RUN + ["--max-samples", "64", "--steps", "10", "--checkpoint-every", "100", "--feature-cache", "20kB"]
+    assert main(argv + ["--out", str(tmp_path / "small")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("feature cache off from step") == 1 and "hits over the last" in out, out
+    run = RunFolder(tmp_path / "small")
+    events = [e for e in run.read("events") if e["type"] == "feature_cache"]
+    assert [e["state"] for e in events] == ["on", "off"] and 0 < events[1]["step"] < 10
+    last = run.read("metrics")[-1]["feature_cache"]
+    assert last["entries"] == 0 and last["bytes"] == 0
+    monkeypatch.setattr(memory, "WINDOW", 10 ** 9)                 # never judged: stays on
+    assert main(argv + ["--out", str(tmp_path / "kept")]) == 0
+    assert [m["loss"] for m in RunFolder(tmp_path / "kept").read("metrics")] == [m["loss"] for m in run.read("metrics")]
+
+
 def test_random_augmentation_keeps_the_cache_off(tmp_path, capsys, monkeypatch):
     from vlm_grades.models.nanovlm import NanoVLMAdapter
 

@@ -203,7 +203,7 @@ class Trainer:
             state.stop_reason = self.stopping.update(state.step)
             if sum(p.requires_grad for p in self.module.parameters()) != self._trainable:
                 self._wrap()
-                self.feature_cache.update(state.step)
+            self.feature_cache.update(state.step)   # on when the tower froze; off when its hit rate cannot pay
             loss = self.parallel.mean(loss)   # the global batch's loss: every rank takes the same decisions
             if not math.isfinite(loss):
                 self._diverge(f"non-finite training loss at step {state.step}")
