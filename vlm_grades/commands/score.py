@@ -19,11 +19,14 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `score` and `eval`."""
     protocol = p.add_mutually_exclusive_group()
     protocol.add_argument("--lmms-eval", action="store_true",
-                          help="score as lmms-eval does (default: the official metric). vqav2: the prediction always "
-                               "goes through its answer processor (lowercase, punctuation, number words, articles), "
-                               "the ten answers only when they differ (officially neither is normalized when the "
-                               "ten agree); gqa: the prediction is stripped, trailing periods dropped, lowercased "
-                               "(officially prediction == answer)")
+                          help="score as lmms-eval 0.7.3 does (its rule since 0.5.0; default: the official "
+                               "metric). vqav2: the prediction and all ten answers always go through its "
+                               "process_punctuation and process_digit_article (lowercase, punctuation, number "
+                               "words, articles, contractions; EvalAI's comma rule, so \"1,,000\" is 1000), so "
+                               "\"Yes\" and \"yes\" match, as do \"two\" and \"2\" (officially nothing is "
+                               "normalized when the ten answers agree); gqa: its exact_match with ignore_case and "
+                               "ignore_punctuation: the prediction stripped, both lowercased and every punctuation "
+                               "character removed (officially prediction == answer)")
     protocol.add_argument("--raw", action="store_true",
                           help="easyvqa: compare predictions verbatim (default: strip a trailing period and "
                                "lowercase); gqa: the official comparison, already the default")
