@@ -233,7 +233,7 @@ def predict(adapter, samples: list, task: str, out_dir: str | Path, batch_size: 
     formats.write_predictions(task, submission, files["submission"])
     _write_samples(files["samples"], ({"id": s.id, "prompt": s.prompt, "prediction": text}
                                       for s, text in zip(samples, texts)))
-    answered = sum(1 for k in ids if k in predictions)
+    answered = sum(1 for k in ids if submission[k].strip())    # an empty generation is no answer
     return {"task": task, "n": len(samples), "scored": False, "generation": generation,
             "submission": {"questions": len(ids), "answered": answered, "empty": len(ids) - answered},
             "files": {k: str(v) for k, v in files.items()}}

@@ -215,12 +215,32 @@ def test_gqa_questions_without_answers_give_a_predictions_file(monkeypatch, caps
     out = tmp_path / "out"
     argv = ("--task", "gqa", "--data", d["source"], "--split", "testdev_balanced", "--out", str(out))
     code, _, err = _eval(monkeypatch, capsys, *argv)
-    assert code == 2 and "missing field 'answer'" in err
+    assert code == 2 and "missing field 'answer'" in err and "`vlm-grades eval --allow-unanswered`" in err
+    assert len(err.strip().splitlines()) == 1
     code, stdout, err = _eval(monkeypatch, capsys, *argv, "--allow-unanswered")
     assert code == 0, err
     assert json.loads((out / "gqa_submission.json").read_text()) == [
         {"questionId": q, "prediction": q} for q in d["question_ids"]]
     assert "not scored" in stdout and "6 questions (6 answered, 0 empty)" in stdout
+
+
+class Silent(FakeAdapter):
+    def generate(self, batch, max_new_tokens):
+        return ["" if i % 3 else " " for i in range(len(batch["prompts"]))]
+
+
+def test_submission_summary_counts_empty_generations_as_empty(monkeypatch, capsys, tmp_path):
+    import vlm_grades.models
+    from fixtures_data import write_gqa
+    from vlm_grades.cli import main
+
+    d = write_gqa(tmp_path / "gqa")
+    monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Silent({}))
+    code = main(["eval", "--model", "ckpt", "--no-progress", "--task", "gqa", "--data", d["source"], "--split",
+                 "testdev_balanced", "--out", str(tmp_path / "out"), "--allow-unanswered"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "6 questions (0 answered, 6 empty)" in stdout
 
 
 @pytest.mark.parametrize("argv,message", [
