@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlm_grades.commands.setting_names import GRADES_FLAGS, blame
+
 S = argparse.SUPPRESS  # unset flags stay out of the namespace, so YAML values are not overridden
 DIVERGED = 3           # exit status of a run whose loss or weights became non-finite
 
@@ -142,11 +144,6 @@ def add_rule_flags(group) -> None:
                        help="do not freeze a converged modality's norms and embeddings")
 
 
-GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
-                "auto_window": "auto_window", "snr_window": "snr_window", "alpha": "alpha", "interval": "interval",
-                "patience": "patience", "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
-
-
 def flags_to_settings(args: argparse.Namespace) -> dict:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "resume")}
     settings: dict = {}
@@ -173,12 +170,15 @@ def flags_to_settings(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from vlm_grades.config import TrainConfig
+    from vlm_grades.errors import UserError
     from vlm_grades.train import train
 
     layers = []
     if getattr(args, "config", None):
         layers.append(TrainConfig.from_yaml(args.config))
-    layers.append(flags_to_settings(args))
+    flags = flags_to_settings(args)
+    layers.append(flags)
+    config_file = (layers[0], args.config) if getattr(args, "config", None) else (None, None)
     resume = getattr(args, "resume", False)
     if resume:
         import yaml
@@ -186,12 +186,14 @@ def run(args: argparse.Namespace) -> int:
 
         out = layers[-1].get("out") or (layers[0].get("out") if layers else None)
         if not out:
-            from vlm_grades.errors import UserError
             raise UserError("--resume: name the run folder with --out")
         saved = Path(out) / "config.yaml"
         if saved.exists():  # the saved settings win over defaults; flags given now still override them
             layers.insert(0, yaml.safe_load(saved.read_text()))
-    cfg = TrainConfig.build(*layers)
+    try:
+        cfg = TrainConfig.build(*layers)
+    except UserError as e:
+        raise blame(e, flags, *config_file) from None
     summary = train(cfg, resume=resume)
     from accelerate import PartialState
 
