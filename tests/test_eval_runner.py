@@ -140,6 +140,18 @@ def test_eval_cli_with_easyvqa(monkeypatch, tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
 
 
+def test_predictions_are_on_disk_before_scoring_starts(tmp_path, monkeypatch):
+    samples = [Sample(id=str(i), image="x.png", prompt="Q?", targets=["yes"], task="easyvqa") for i in range(3)]
+
+    def scoring_fails(*args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(runner, "score_predictions", scoring_fails)
+    with pytest.raises(RuntimeError):
+        runner.evaluate(FakeAdapter({"Q?": "yes"}), samples, "easyvqa", tmp_path / "out", progress=False)
+    assert len(json.loads((tmp_path / "out" / "easyvqa_predictions.json").read_text())) == 3
+
+
 @pytest.mark.slow
 def test_evaluate_coco(tmp_path):
     import shutil

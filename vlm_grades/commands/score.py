@@ -40,8 +40,17 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
 
 
 def check_scoring_flags(args) -> None:
+    """Before any work: what scoring would find missing only after generating (Java, SPICE's jars)."""
     if args.lmms_eval and args.task not in ("vqav2", "gqa"):
         raise UserError(f"--lmms-eval: only for vqav2 and gqa, not {args.task}")
+    if args.task == "coco":
+        from eval import coco
+
+        coco.find_java()
+        if args.spice:
+            corenlp, why = coco.spice_corenlp_dir(args.spice_corenlp)
+            if corenlp is None:
+                raise UserError(why.replace("SPICE skipped: ", "--spice: "))
 
 
 def register(subparsers) -> None:
@@ -62,7 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--partial", action="store_true",
                    help="score only the ids present in both files and report how many were missing "
                         "(default: mismatched id sets are an error)")
-    p.add_argument("--out", metavar="FILE", help="write the scores as JSON to FILE")
+    p.add_argument("--out", metavar="FILE", help="write the scores as JSON to FILE (checked writable before scoring)")
     add_scoring_flags(p)
     p.set_defaults(func=run)
 
@@ -103,6 +112,10 @@ def run(args) -> int:
     from eval.runner import format_table, score_predictions
 
     check_scoring_flags(args)
+    if args.out:
+        from vlm_grades.run_folder import check_can_write_file
+
+        check_can_write_file(args.out)
     predictions = formats.read_predictions(args.task, args.predictions)
     references, ref_name = load_references(args)
     result, _ = score_predictions(args.task, predictions, references, partial=args.partial,
