@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vlm_grades.commands.score import add_scoring_flags, check_scoring_flags
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache import DEFAULT_SIZE, parse_size
+from vlm_grades.feature_cache.memory import DEFAULT_SIZE, parse_size
 
 
 def register(subparsers) -> None:
@@ -75,7 +75,7 @@ def run(args) -> int:
     from eval.runner import evaluate, format_table, predict
     from vlm_grades.data import load_samples
     from vlm_grades.models import load_for_eval
-    from vlm_grades.run_folder import check_can_create
+    from vlm_grades.training.run_folder import check_can_create
 
     check_flags(args)
     easy = args.task.startswith("easyvqa") or args.task == "scenes"   # generated or packaged: no --data

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlm_grades.models import detect_architecture, load_for_eval
     from vlm_grades.models.nanovlm_native import export_nanovlm
-    from vlm_grades.run_folder import check_can_create
+    from vlm_grades.training.run_folder import check_can_create
 
     src, out = Path(args.run), Path(args.out)
     if not src.exists():

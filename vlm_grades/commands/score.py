@@ -113,7 +113,7 @@ def run(args) -> int:
 
     check_scoring_flags(args)
     if args.out:
-        from vlm_grades.run_folder import check_can_write_file
+        from vlm_grades.training.run_folder import check_can_write_file
 
         check_can_write_file(args.out)
     predictions = formats.read_predictions(args.task, args.predictions)
@@ -126,7 +126,7 @@ def run(args) -> int:
     print(f"references: {ref_name}")
     print(format_table(result))
     if args.out:
-        from vlm_grades.run_folder import write_json_atomic
+        from vlm_grades.training.run_folder import write_json_atomic
         write_json_atomic(args.out, result)
         print(f"scores written to {args.out}")
     return 0
