@@ -1,6 +1,7 @@
 """The evaluation runner with a tiny fake adapter (the metrics themselves are real): batching, files in
 the official formats, per-sample JSONL, and the same scores as `vlm-grades score` on the written files."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,10 @@ import torch
 from eval import formats, runner
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
+
+# a real model folder (the shipped nanoVLM base) for `eval --model`, which is checked before the data is read;
+# the tests below answer with fake adapters in its place
+BASE = str(Path(__file__).resolve().parents[1] / "nanovlm" / "base")
 
 
 class FakeAdapter:
@@ -128,7 +133,7 @@ def test_eval_cli_with_easyvqa(monkeypatch, tmp_path, capsys):
             return ["yes"] * len(batch["prompts"])
 
     monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Yes({}))
-    code = main(["eval", "--task", "easyvqa", "--model", str(tmp_path / "ckpt"), "--max-samples", "30",
+    code = main(["eval", "--task", "easyvqa", "--model", BASE, "--max-samples", "30",
                  "--batch-size", "8", "--out", str(tmp_path / "out"), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -183,7 +188,7 @@ def _eval(monkeypatch, capsys, *argv):
     from vlm_grades.cli import main
 
     monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Echo())
-    code = main(["eval", "--model", "ckpt", "--no-progress", *argv])
+    code = main(["eval", "--model", BASE, "--no-progress", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -248,7 +253,7 @@ def test_submission_summary_counts_empty_generations_as_empty(monkeypatch, capsy
 
     d = write_gqa(tmp_path / "gqa")
     monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Silent({}))
-    code = main(["eval", "--model", "ckpt", "--no-progress", "--task", "gqa", "--data", d["source"], "--split",
+    code = main(["eval", "--model", BASE, "--no-progress", "--task", "gqa", "--data", d["source"], "--split",
                  "testdev_balanced", "--out", str(tmp_path / "out"), "--allow-unanswered"])
     stdout, err = capsys.readouterr()
     assert code == 0, err

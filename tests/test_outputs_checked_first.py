@@ -33,6 +33,16 @@ def test_eval_out_that_cannot_be_written_is_refused_before_generating(capsys, tm
     assert where != "a-file" or out.read_text() == "keep"
 
 
+@pytest.mark.parametrize("model, culprit", [("{tmp}/no-model", "--model: {tmp}/no-model: no such folder"),
+                                            ("{tmp}", "no config.json"),
+                                            ("{tmp}/junk", "junk/config.json: not valid JSON")])
+def test_eval_model_is_checked_before_the_data_is_read(capsys, tmp_path, model, culprit):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("{junk")
+    _one_line_error(capsys, ["eval", "--task", "vqav2", "--data", str(tmp_path / "no-data"), "--model",
+                             model.format(tmp=tmp_path), "--out", str(tmp_path / "o")], culprit.format(tmp=tmp_path))
+
+
 def test_eval_writes_to_a_new_folder(capsys, tmp_path):
     out = tmp_path / "deep" / "er"
     assert main(["eval", "--task", "easyvqa", "--model", BASE, "--max-samples", "2", "--no-progress",

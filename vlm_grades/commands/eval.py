@@ -75,6 +75,7 @@ def run(args) -> int:
     from eval.runner import evaluate, format_table, predict
     from vlm_grades.data import load_samples
     from vlm_grades.models import load_for_eval
+    from vlm_grades.models.precheck import check_eval_model
     from vlm_grades.training.run_folder import check_can_create
 
     check_flags(args)
@@ -83,6 +84,7 @@ def run(args) -> int:
         raise UserError(f"--data: task {args.task} needs a data source (folder, file or Hugging Face id)")
     out = Path(args.out) if args.out else default_out(args.model, args.task)
     check_can_create(out)   # before generating: predictions are never computed only to be lost
+    check_eval_model(args.model)
     split = args.split or ("test" if easy else "validation")
     kwargs = {"max_samples": args.max_samples, "allow_unanswered": args.allow_unanswered}
     if args.prompt:

@@ -1,4 +1,4 @@
-"""--model-path checked before any data is read: the folder exists and holds a checkpoint of --model, and a
+"""--model-path (train) and --model (eval) checked before any data is read: the folder exists and holds a checkpoint of --model, and a
 nanoVLM checkpoint's tensor names and shapes (read from the safetensors header, not the weights) fit its config.
 A hub id is left to the loader, which fetches it."""
 from __future__ import annotations
@@ -32,6 +32,19 @@ def check_model_path(model: str, model_path: str) -> None:
     if arch != ARCHITECTURES[model]:
         raise UserError(f"--model-path: {model_path}: a {arch} checkpoint, but --model is {model}")
     if arch == "nanovlm":
+        check_nanovlm_tensors(path)
+
+
+def check_eval_model(model: str) -> None:
+    """`eval --model`: a run folder (its final/) or a model folder, checked before the data is read."""
+    from vlm_grades.models import detect_architecture
+
+    path = Path(model)
+    if not path.exists():
+        raise UserError(f"--model: {model}: no such folder")
+    if (path / "final").is_dir():
+        path = path / "final"
+    if detect_architecture(path) == "nanovlm":
         check_nanovlm_tensors(path)
 
 
