@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader went away (`vlm-grades ... | head`): stop quietly, as a command killed by SIGPIPE would;
         # stdout goes to /dev/null so the interpreter's last flush does not raise the error again
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):   # a stdout without a file descriptor
+            pass
         return 128 + signal.SIGPIPE
 
 
