@@ -1,18 +1,18 @@
 """The evaluation runner with a tiny fake adapter (the metrics themselves are real): batching, files in
 the official formats, per-sample JSONL, and the same scores as `vlm-grades score` on the written files."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from eval import formats, runner
+from nanovlm import BASE_DIR
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
 
 # a real model folder (the shipped nanoVLM base) for `eval --model`, which is checked before the data is read;
 # the tests below answer with fake adapters in its place
-BASE = str(Path(__file__).resolve().parents[1] / "nanovlm" / "base")
+BASE = str(BASE_DIR)
 
 
 class FakeAdapter:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from nanovlm import BASE_DIR
 from vlm_grades.cli import main
 
-BASE = str(Path(__file__).resolve().parents[1] / "nanovlm" / "base")   # the shipped nanoVLM, a model folder
+BASE = str(BASE_DIR)   # the shipped nanoVLM, a model folder
 
 
 def _one_line_error(capsys, argv, culprit):
