@@ -82,6 +82,8 @@ def check_can_write_file(path: Path, flag: str = "--out") -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path}: a folder; name a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: not writable")
     try:
         check_can_create(path.parent, flag)
     except UserError as e:
