@@ -80,7 +80,7 @@ def check_nanovlm_tensors(folder: Path) -> None:
 
     from nanovlm.config import VLMConfig
     from nanovlm.errors import CheckpointError
-    from nanovlm.native_format import is_native_config, name_map, translate_config, ROTARY_BUFFER
+    from nanovlm.native_format import ROTARY_BUFFER, is_native_config, to_bundled, translate_config
     from nanovlm.vision_language_model import VisionLanguageModel
     from nanovlm.weights import check_state_dict
 
@@ -97,19 +97,20 @@ def check_nanovlm_tensors(folder: Path) -> None:
         raise UserError(f"{config}: {e}" if str(config) not in str(e) else str(e)) from None
     shapes = safetensors_shapes(weights)
     optional = set()
-    if is_native_config(raw):   # nanoVLM's own names: mapped as the loader maps them; the head is the embedding
-        names = name_map(cfg)
-        shapes.pop(ROTARY_BUFFER, None)
-        embedding = shapes.pop("decoder.token_embedding.weight", None)
-        shapes.setdefault("decoder.head.weight", embedding)
-        shapes = {names.get(k, k): v for k, v in shapes.items() if v is not None}
-        shapes["decoder.token_embedding.weight"] = shapes.get("decoder.head.weight")
-        shapes = {k: v for k, v in shapes.items() if v is not None}
+    state = {k: SimpleNamespace(shape=v) for k, v in shapes.items()}
+    if is_native_config(raw):   # nanoVLM's own names, mapped by the loader's own map (on empty meta tensors)
+        state = {k: torch.empty(v, device="meta") for k, v in shapes.items() if k != ROTARY_BUFFER}
+        if "decoder.head.weight" in state:   # the tied copy: the loader compares values, not shapes
+            state.pop("decoder.token_embedding.weight", None)
+        try:
+            state = to_bundled(state, cfg, str(weights))
+        except (CheckpointError, ValueError) as e:
+            raise UserError(str(e)) from None
     elif cfg.lm_tie_weights:
         optional = {"decoder.head.weight"}
     with torch.device("meta"):
         model = VisionLanguageModel(cfg)
     try:
-        check_state_dict(model, {k: SimpleNamespace(shape=v) for k, v in shapes.items()}, str(weights), optional)
+        check_state_dict(model, state, str(weights), optional)
     except CheckpointError as e:
         raise UserError(str(e)) from None
