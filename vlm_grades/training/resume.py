@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vlm_grades.errors import UserError
 from vlm_grades.training.checkpoint import complete_checkpoints, latest_checkpoint
@@ -61,13 +61,12 @@ def saved_settings(path: Path, extend: bool = False) -> dict[str, Any]:
     return TrainConfig.from_yaml(Path(path) / "config.yaml", flag="--resume")
 
 
-def check_changes(ran: Any, now: Any, path: Path, extend: bool = False) -> list[str]:
+def check_changes(ran: Any, now: Any, path: Path, extend: bool = False,
+                  flag_of: Callable[[str], str] = lambda name: name) -> list[str]:
     """`ran`: the TrainConfig of config.yaml; `now`: with this command's flags. Refuses (one line) a changed
     setting that shapes the training, and --steps below the newest checkpoint's step or changed without --extend;
-    returns what a valid change means, to be said (an --extend)."""
+    returns what a valid change means, to be said (an --extend). flag_of: a setting's name as the user types it."""
     import dataclasses
-
-    from vlm_grades.config import flag_of
 
     changed = [(name, getattr(ran, name), getattr(now, name)) for name in (f.name for f in dataclasses.fields(ran))
                if name not in FREE_ON_RESUME | {"steps", "grades"} and getattr(ran, name) != getattr(now, name)]
