@@ -134,9 +134,11 @@ def test_resumed_run_drops_leftover_disk_files_and_ends_as_the_uninterrupted_one
     assert main(argv) == 0
     whole = load_file(str(run / "final" / "model.safetensors"))
     shutil.rmtree(run / "final")                       # as if killed after step 4, leaving its disk files behind
+    shutil.rmtree(run / "checkpoints" / "step-8")
     for rank in (0, 1):
         (run / f"feature-cache-rank-{rank}.bin").write_bytes(b"stale")
     assert main(argv + ["--resume"]) == 0
+    assert [s["resumed_from"] for s in RunFolder(run).read("events") if s["type"] == "start"] == [None, 4]
     again = load_file(str(run / "final" / "model.safetensors"))
     assert all(torch.equal(again[k], whole[k]) for k in whole)
     assert not list(run.glob("feature-cache-rank-*"))
