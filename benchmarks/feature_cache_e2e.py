@@ -1,7 +1,8 @@
 """End to end, at full length: the frozen-tower feature cache off (`--feature-cache 0`) against the default cache.
 
     python benchmarks/feature_cache_e2e.py [--scenarios default freeze qwen-lora] [--seeds N] [--threads N]
-        [--out DIR] [--tag NAME] [--steps N]   (--steps: a shorter smoke run; the table is for full length)
+        [--out DIR] [--tag NAME] [--steps N] [--eval-max-samples N]   (both: smoke runs; the table is for full
+        length and the whole test split)
 
 Scenarios: `default` (the embedded default command: tiny nanoVLM on easy-VQA, GradES, 1000 steps; the cache goes
 on when GradES finalizes vision and projector), `freeze` (the same with `--freeze vision,projector`: the cache is
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="smoke runs only: override every scenario's steps")
+    p.add_argument("--eval-max-samples", type=int, default=None, help="smoke runs only: fewer held-out samples")
     p.add_argument("--out", default=None, help="run folders (default: a temporary folder, deleted)")
     p.add_argument("--results", default=str(common.RESULTS))
     p.add_argument("--tag", default="")
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 flags += ["--model-path", str(qwen)]
             if args.steps:
                 flags += ["--steps", str(args.steps)]
+            if args.eval_max_samples:
+                flags += ["--eval-max-samples", str(args.eval_max_samples)]
             order = list(CACHES) if seed % 2 == 0 else list(reversed(CACHES))
             for cache in order:
                 out = work / f"{scenario}-{cache}-seed{seed}"

@@ -77,3 +77,18 @@ def test_step_cost_minimal(tmp_path):
     assert 0 < scen["vision finalized"]["ideal_ratio"] < scen["vision matrices frozen"]["ideal_ratio"] < 1
     assert scen["vision + projector cached"]["ideal_ratio"] < scen["vision finalized"]["ideal_ratio"]
     assert all(s["ratio"] > 0 for s in scen.values())
+
+
+@pytest.mark.slow
+def test_feature_cache_e2e_minimal(tmp_path):
+    bench = load("feature_cache_e2e")
+    results = tmp_path / "results"
+    assert bench.main(["--scenarios", "freeze", "qwen-lora", "--seeds", "1", "--steps", "12",
+                       "--eval-max-samples", "8", "--results", str(results), "--tag", "smoke"]) == 0
+    data = json.loads((results / "feature_cache_e2e-smoke.json").read_text())
+    runs = {(r["scenario"], r["cache"]): r for r in data["runs"]}
+    assert set(runs) == {(s, c) for s in ("freeze", "qwen-lora") for c in ("off", "default")}
+    assert runs[("freeze", "off")]["hit_rate"] is None and runs[("freeze", "default")]["hit_rate"] > 0
+    assert runs[("freeze", "default")]["cache_events"][0][:2] == (0, "on") or \
+        runs[("freeze", "default")]["cache_events"][0][:2] == [0, "on"]
+    assert "| freeze | 1 |" in (results / "feature_cache_e2e-smoke.md").read_text()
