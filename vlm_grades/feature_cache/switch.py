@@ -27,7 +27,8 @@ class FeatureCacheSwitch:
         self.blocker = blocker   # a reason of the run's own (not the adapter's) that keeps the cache off
         self.disk_bytes, self.disk_path = disk_bytes, disk_path
         # made (its space reserved) now, at the start of training: a full disk fails here, not at the freeze
-        self.disk = self._disk_error(self._make_disk_tier) if disk_bytes > 0 else None
+        self.disk = self._disk_error(self._make_disk_tier) if disk_bytes > 0 and max_bytes > 0 and not blocker \
+            else None
         self.emit, self.say = emit, say
         self.cache: FeatureCache | None = None
         self.on_step: int | None = None
@@ -51,7 +52,7 @@ class FeatureCacheSwitch:
                 self._tell(step, {"state": "off", "reason": blocker},
                            f"feature cache off: {blocker} (vision and projector are frozen from step {step})")
             return
-        self.cache, self.on_step = FeatureCache(self.max_bytes, self._disk_tier()), step
+        self.cache, self.on_step = FeatureCache(self.max_bytes, self.disk), step
         self.adapter.feature_cache = self.cache
         record, disk = {"state": "on", "max_bytes": self.max_bytes}, ""
         if self.disk_bytes > 0:
@@ -70,9 +71,6 @@ class FeatureCacheSwitch:
                    f"feature cache off from step {step}: {reason} (--feature-cache "
                    f"{format_size(self.max_bytes)} holds too few of the images; a larger one, or "
                    f"--feature-cache-disk, may pay)")
-
-    def _disk_tier(self):
-        return self.disk
 
     def _make_disk_tier(self):
         from vlm_grades.feature_cache.disk import DiskTier
