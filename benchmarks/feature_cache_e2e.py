@@ -3,6 +3,7 @@
     python benchmarks/feature_cache_e2e.py [--scenarios default freeze qwen-lora] [--seeds N] [--threads N]
         [--out DIR] [--tag NAME] [--steps N] [--eval-max-samples N]   (both: smoke runs; the table is for full
         length and the whole test split)
+    python benchmarks/feature_cache_e2e.py --report results/feature_cache_e2e-a.json ...-b.json --tag all
 
 Scenarios: `default` (the embedded default command: tiny nanoVLM on easy-VQA, GradES, 1000 steps; the cache goes
 on when GradES finalizes vision and projector), `freeze` (the same with `--freeze vision,projector`: the cache is
@@ -69,18 +70,38 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=None, help="smoke runs only: override every scenario's steps")
     p.add_argument("--eval-max-samples", type=int, default=None, help="smoke runs only: fewer held-out samples")
     p.add_argument("--out", default=None, help="run folders (default: a temporary folder, deleted)")
     p.add_argument("--results", default=str(common.RESULTS))
+    p.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                   help="no runs: the table of the runs in these result files together")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     info = common.machine()
+    if args.report:
+        runs = [r for f in args.report for r in json.loads(Path(f).read_text())["runs"]]
+    else:
+        runs = measure(args)
+    scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in runs)]
+    table = common.markdown(["scenario", "seeds", "train s (off -> default)", "train ratio off/default",
+                             "process ratio", "score off / default", "steps off / default", "hit rate"],
+                            [row(s, runs) for s in scenarios])
+    text = f"{common.machine_line(info)}, commit {common.git_commit()}\n\n{table}\n"
+    print(text)
+    name = f"feature_cache_e2e{'-' + args.tag if args.tag else ''}"
+    common.write_json(Path(args.results) / f"{name}.json", {"machine": info, "runs": runs, "table": table})
+    (Path(args.results) / f"{name}.md").write_text(text)
+    return 0
+
+
+def measure(args) -> list[dict]:
     work = Path(args.out or tempfile.mkdtemp(prefix="cache-e2e-"))
     qwen = tiny_qwen(work / "tiny-qwen") if "qwen-lora" in args.scenarios else None
     runs: list[dict] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for scenario in args.scenarios:
             flags = list(SCENARIOS[scenario]) + ["--seed", str(seed)]
             if scenario == "qwen-lora":
@@ -98,30 +119,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{scenario:9s} cache {cache:7s} seed {seed}: train {result['train_s']:.1f} s, process "
                       f"{result['process_s']:.1f} s, {result['steps']} steps, score {result['score']}, hit rate "
                       f"{result['hit_rate']}, {result['cache_events']}", flush=True)
-    rows = []
-    for scenario in args.scenarios:
-        pairs = [(next(r for r in runs if r["scenario"] == scenario and r["seed"] == s and r["cache"] == "off"),
-                  next(r for r in runs if r["scenario"] == scenario and r["seed"] == s and r["cache"] == "default"))
-                 for s in range(args.seeds)]
-        train = [off["train_s"] / on["train_s"] for off, on in pairs]
-        whole = [off["process_s"] / on["process_s"] for off, on in pairs]
-        rows.append([scenario, str(len(pairs)),
-                     f"{mean(o['train_s'] for o, _ in pairs):.1f} -> {mean(c['train_s'] for _, c in pairs):.1f}",
-                     f"**{mean(train):.3f}** ({min(train):.3f}-{max(train):.3f})",
-                     f"{mean(whole):.3f} ({min(whole):.3f}-{max(whole):.3f})",
-                     f"{fmt(mean(o['score'] for o, _ in pairs))} / {fmt(mean(c['score'] for _, c in pairs))}",
-                     f"{mean(o['steps'] for o, _ in pairs):.0f} / {mean(c['steps'] for _, c in pairs):.0f}",
-                     fmt(mean(c["hit_rate"] for _, c in pairs), 3)])
-    table = common.markdown(["scenario", "seeds", "train s (off -> default)", "train ratio off/default",
-                             "process ratio", "score off / default", "steps off / default", "hit rate"], rows)
-    text = f"{common.machine_line(info)}, commit {common.git_commit()}\n\n{table}\n"
-    print(text)
-    name = f"feature_cache_e2e{'-' + args.tag if args.tag else ''}"
-    common.write_json(Path(args.results) / f"{name}.json", {"machine": info, "runs": runs, "table": table})
-    (Path(args.results) / f"{name}.md").write_text(text)
     if args.out is None:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return runs
+
+
+def row(scenario: str, runs: list[dict]) -> list[str]:
+    """A scenario's line: per seed with both runs, time without the cache / time with it."""
+    mine = [r for r in runs if r["scenario"] == scenario]
+    by_seed = {(r["seed"], r["cache"]): r for r in mine}
+    pairs = [(by_seed[(s, "off")], by_seed[(s, "default")]) for s in sorted({r["seed"] for r in mine})
+             if (s, "off") in by_seed and (s, "default") in by_seed]
+    train = [off["train_s"] / on["train_s"] for off, on in pairs]
+    whole = [off["process_s"] / on["process_s"] for off, on in pairs]
+    return [scenario, str(len(pairs)),
+            f"{mean(o['train_s'] for o, _ in pairs):.1f} -> {mean(c['train_s'] for _, c in pairs):.1f}",
+            f"**{mean(train):.3f}** ({min(train):.3f}-{max(train):.3f})",
+            f"{mean(whole):.3f} ({min(whole):.3f}-{max(whole):.3f})",
+            f"{fmt(mean(o['score'] for o, _ in pairs))} / {fmt(mean(c['score'] for _, c in pairs))}",
+            f"{mean(o['steps'] for o, _ in pairs):.0f} / {mean(c['steps'] for _, c in pairs):.0f}",
+            fmt(mean(c["hit_rate"] for _, c in pairs), 3)]
 
 
 if __name__ == "__main__":
