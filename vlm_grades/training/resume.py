@@ -47,8 +47,8 @@ def check_unfinished(run: RunFolder) -> None:
     end = run.finished()
     if end is not None:
         raise UserError(f"--resume: {run.path} is finished (ended at step {end.get('step')}: "
-                        f"{end.get('stop_reason')}); train into a new --out, or delete {run.final} to train it "
-                        f"again from its last checkpoint")
+                        f"{end.get('stop_reason')}); train into a new --out, or give a larger --steps with "
+                        f"--extend to continue it")
 
 
 def saved_settings(path: Path, extend: bool = False) -> dict[str, Any]:
