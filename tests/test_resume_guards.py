@@ -186,3 +186,24 @@ def test_a_checkpoint_of_another_world_size_is_refused(unfinished, tmp_path, cap
     err = one_line(capsys)
     assert f"{checkpoint} was written by 2 process(es), this run has 1; resume it with 2" in err, err
     assert files(run) == before
+
+
+@pytest.mark.slow
+def test_two_processes_refuse_a_one_process_checkpoint(unfinished, tmp_path):
+    """The real launcher: a checkpoint written by one process, resumed by `torchrun --nproc-per-node 2`, is refused
+    by every process before any work, the run folder untouched."""
+    import socket
+
+    run = copy_of(unfinished, tmp_path)
+    before = files(run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), "-m", "vlm_grades", "train", "--resume",
+                           "--out", str(run), "--no-progress"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    refusals = [line for line in done.stderr.splitlines() if "was written by 1 process(es), this run has 2" in line]
+    assert refusals and all(line.startswith("vlm-grades train: error: --resume: ") for line in refusals), \
+        done.stderr[-3000:]
+    assert files(run) == before
