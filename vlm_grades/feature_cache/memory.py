@@ -151,7 +151,8 @@ class FeatureCache:
                 part = members[start:start + self.chunk]
                 with torch.no_grad():
                     features = encode(part + [part[-1]] * (self.chunk - len(part)))
-                out.update((i, f.detach()) for i, f in zip(part, features))
+                # copies: a view would keep the whole call's output (repeats included) alive in the cache
+                out.update((i, f.detach().clone()) for i, f in zip(part, features))
         return out
 
     def _put(self, key: str, value: torch.Tensor) -> None:
