@@ -64,6 +64,11 @@ def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, capsys):
     assert "not a vlm-grades run folder" in err and "components.json" in err, err
     assert files(folder) == before and sorted(p.name for p in folder.iterdir()) == \
         ["config.yaml", "eval", "final", "report"]
+    (folder / "components.json").write_text("{}")                 # still no start event: no run trained there
+    before = files(folder)
+    assert main(["train", "--resume", "--out", str(folder), "--no-progress"]) == 2
+    assert "has no start event" in one_line(capsys)
+    assert files(folder) == before
 
 
 def test_a_foreign_config_yaml_is_one_line(unfinished, tmp_path, capsys):

@@ -35,9 +35,10 @@ def check_run(path: Path) -> None:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"--resume: {path} is not a run folder (it does not exist)")
-    missing = [n for n in ("config.yaml", "components.json", "events.jsonl") if not (path / n).is_file()]
+    missing = [n for n in ("config.yaml", "components.json") if not (path / n).is_file()]
     if not missing and not any(e.get("type") == "start" for e in read_jsonl(path / "events.jsonl")):
-        missing = ["a start event in events.jsonl"]
+        raise UserError(f"--resume: {path} has no start event in events.jsonl: if a run wrote it, it was stopped "
+                        f"before its first step and there is nothing to resume; train into a new --out")
     if missing:
         raise UserError(f"--resume: {path} is not a vlm-grades run folder (no {', '.join(missing)}); "
                         f"nothing there was changed")
