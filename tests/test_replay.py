@@ -67,6 +67,18 @@ def test_cli_prints_the_modalities_beside_the_run(run, capsys):
     assert json.loads(capsys.readouterr().out)["stop_step"] == 6
 
 
+@pytest.mark.parametrize("order", ["tau-first", "modality-first"])
+def test_a_modality_flag_overrides_tau_for_its_modality_only(run, capsys, order):
+    flags = [["--tau", "1e9"], ["--tau-vision", "1e-30"]]
+    flags = flags if order == "tau-first" else flags[::-1]
+    assert main(["replay", str(run), *flags[0], *flags[1], "--alpha", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["tau"] == {"vision": 1e-30, "projector": 1e9, "language": 1e9}
+    frozen = {m: [n for n in names if n in result["frozen"]] for m, names in result["monitored"].items()}
+    assert frozen["vision"] == [] and frozen["projector"] == result["monitored"]["projector"]
+    assert frozen["language"] == result["monitored"]["language"]
+
+
 def test_bad_flags_are_one_line(run, capsys):
     with pytest.raises(SystemExit) as exit_:             # the statistic itself cannot be changed
         main(["replay", str(run), "--metric", "weight_change"])

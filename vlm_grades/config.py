@@ -120,12 +120,18 @@ class TrainConfig:
         layers = (MODEL_DEFAULTS.get(model, {}), TASK_DEFAULTS.get(task, {}),
                   _nanovlm_recipe(model, task, chosen)) + layers
         merged: dict[str, Any] = {}
+        taus = []      # each layer's thresholds, layered per modality once the preset is known
         for layer in layers:
             for key, value in layer.items():
                 if key == "grades" and isinstance(value, dict):
                     merged["grades"] = {**merged.get("grades", {}), **value}
+                    taus += [value["tau"]] if value.get("tau") is not None else []
                 else:
                     merged[key] = value
+        if taus:
+            from vlm_grades.grades.config import layer_tau
+
+            merged["grades"]["tau"] = layer_tau(merged["grades"].get("preset") or "default", *taus)
         cfg = cls(**{k: _coerce(k, v) for k, v in merged.items()})
         cfg.validate()
         return cfg
