@@ -229,6 +229,29 @@ def test_tiled_prompt_layout_for_2x2_tiles(tok, tmp_path):
     assert tiled_size(60, 64, 32, 64) == (64, 64) and tiled_size(20, 100, 32, 64) == (32, 64)
 
 
+def test_tiles_are_the_image_cut_row_major_after_a_global_view(tok, tmp_path):
+    """A noise image: each tile is exactly its block of the image, row by row; a four-colour image: the global
+    view shows each colour in its own corner (not transposed, not mirrored)."""
+    import numpy as np
+
+    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "t", tiled_config(tok, vocab(tok, True))))
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(noise).permute(2, 0, 1).float() / 255                 # 64x64: no resize
+    views, grid = adapter.image_tensors(Image.fromarray(noise))
+    assert grid == (2, 2) and views.shape == (5, 3, 32, 32)
+    blocks = [pixels[:, r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for r in range(2) for c in range(2)]
+    for i, block in enumerate(blocks, start=1):
+        assert torch.allclose(views[i], block, atol=1e-6), f"tile {i}"
+    colours = {(0, 0): (255, 0, 0), (0, 1): (0, 255, 0), (1, 0): (0, 0, 255), (1, 1): (255, 255, 255)}
+    quads = np.zeros((64, 64, 3), dtype=np.uint8)
+    for (r, c), rgb in colours.items():
+        quads[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] = rgb
+    glob = adapter.image_tensors(Image.fromarray(quads))[0][0]
+    for (r, c), rgb in colours.items():
+        corner = glob[:, r * 16 + 2:r * 16 + 14, c * 16 + 2:c * 16 + 14]          # away from the seams
+        assert torch.allclose(corner, torch.tensor(rgb).float()[:, None, None] / 255, atol=1e-3), (r, c)
+
+
 def test_v01_prompt_puts_the_image_first(tok, tmp_path):
     adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "v", v01_config(tok, vocab(tok, False))))
     sample = Sample(id="q", image=Image.new("RGB", (50, 40)), prompt="question : what shape ? answer :",
