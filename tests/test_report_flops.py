@@ -68,6 +68,14 @@ def test_flops_match_hand_computation(tmp_path):
     assert v["saved_fraction"] == pytest.approx(7360 / 20400)
 
 
+def test_a_modality_frozen_for_the_whole_run_does_not_train_upstream(tmp_path):
+    tiny_run(tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"steps": 10, "freeze": ["vision"]}))
+    est = flops.estimate(RunData.load(tmp_path / "run"))
+    # the projector's matrix (n=20, r=2) computes no input gradient on any of the 6 steps
+    assert est["modalities"]["projector"]["saved"] == 6 * (2 * 20 * 2)
+
+
 def test_sparse_metrics_stand_for_the_steps_since_the_previous_line(tmp_path):
     run = tiny_run(tmp_path / "run", metrics_every=2)
     assert list(flops.rows_per_step(run, "language", 6)) == [3, 3, 3, 3, 5, 5]
