@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from vlm_grades.optim import build_optimizer, build_scheduler, lr_lambda
+from vlm_grades.training.optim import build_optimizer
+from vlm_grades.training.schedule import build_scheduler, lr_lambda
 
 
 def factors(total, warmup, schedule, min_ratio=0.1, upto=None):

@@ -198,7 +198,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlm_grades.train import train
+    from vlm_grades.training.run import train
 
     cfg = config_from_args(args)
     summary = train(cfg, resume=getattr(args, "resume", False))
