@@ -383,11 +383,29 @@ def test_lora_folder_passed_as_base_is_user_error(ckpt, tmp_path):
 
 
 def test_gradient_checkpointing_with_lora(ckpt):
-    a = Qwen25VLAdapter.load(str(ckpt), lora=LoraSettings(rank=2, dropout=0.0), gradient_checkpointing=True)
-    a.model.train()
-    a.loss(train_batch(a)).backward()
-    grads = [p.grad for n, p in a.model.named_parameters() if p.requires_grad]
-    assert grads and all(g is not None for g in grads)
+    """Checkpointing on: every decoder layer runs its forward again during the backward, and the adapters get
+    the gradients they get without checkpointing."""
+    def grads_and_calls(checkpointing: bool):
+        torch.manual_seed(0)                                     # the same adapter initialization
+        a = Qwen25VLAdapter.load(str(ckpt), lora=LoraSettings(rank=2, dropout=0.0),
+                                 gradient_checkpointing=checkpointing)
+        a.model.train()
+        # hooks on the layers themselves stay outside the checkpoint (transformers checkpoints `forward`), and
+        # the recompute stops at the last tensor the backward needs: count each layer's first norm
+        layers = [m.input_layernorm for m in a.model.modules() if type(m).__name__ == "Qwen2_5_VLDecoderLayer"]
+        calls = [0]
+        for layer in layers:
+            layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        a.loss(train_batch(a)).backward()
+        grads = {n: p.grad for n, p in a.model.named_parameters() if p.requires_grad}
+        return grads, calls[0] / len(layers)
+
+    grads, calls = grads_and_calls(True)
+    plain, plain_calls = grads_and_calls(False)
+    assert (calls, plain_calls) == (2, 1)                        # recomputed in the backward
+    assert grads and all(g is not None for g in grads.values()) and set(grads) == set(plain)
+    for n in grads:
+        assert torch.allclose(grads[n], plain[n], rtol=1e-4, atol=1e-6), n
 
 
 def test_answer_truncated_away_gives_zero_loss(ckpt):
