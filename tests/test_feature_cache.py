@@ -5,27 +5,19 @@ writes the same predictions with and without it; --feature-cache validation."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from vlm_grades.cli import main  # noqa: E402
-from vlm_grades.config import TrainConfig  # noqa: E402
-from vlm_grades.data.schema import Sample  # noqa: E402
-from vlm_grades.errors import UserError  # noqa: E402
-from vlm_grades.feature_cache.memory import FeatureCache, parse_size  # noqa: E402
-from vlm_grades.training.run_folder import RunFolder  # noqa: E402
-
-TOL = 1e-6
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+from conftest import TOL, cached_losses_equal_the_tower, nano_batches, per_image_bytes, rel
+from vlm_grades.cli import main
+from vlm_grades.config import TrainConfig
+from vlm_grades.data.schema import Sample
+from vlm_grades.errors import UserError
+from vlm_grades.feature_cache.memory import FeatureCache, parse_size
+from vlm_grades.training.run_folder import RunFolder
 
 
 # ---------------------------------------------------------------- the store
@@ -59,41 +51,6 @@ def test_lru_eviction_keeps_the_most_recent_within_the_bound():
 
 
 # ---------------------------------------------------------------- nanoVLM
-@pytest.fixture(scope="module")
-def nano():
-    from vlm_grades.models import build_adapter
-    from vlm_grades.training.data import load_split
-
-    torch.manual_seed(0)
-    cfg = TrainConfig.build({"model": "nanovlm", "task": "easyvqa", "max_samples": 96, "progress": False,
-                            "from_scratch": True})   # random weights: a loss far from 0
-    samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
-    return build_adapter(cfg, samples), samples
-
-
-def nano_batches(adapter, samples, size=16):
-    return [adapter.collate([adapter.preprocess(s, train=True) for s in samples[i:i + size]])
-            for i in range(0, len(samples), size)]
-
-
-def per_image_bytes(adapter) -> int:
-    return adapter.cfg.mp_image_token_length * adapter.cfg.lm_hidden_dim * 4   # float32 projector output
-
-
-def cached_losses_equal_the_tower(adapter, batches, cache: FeatureCache) -> dict:
-    """Two passes over `batches` with `cache`: every loss equals the uncached one; -> the cache's stats"""
-    with torch.no_grad():
-        plain = [adapter.loss(b) for b in batches]
-        adapter.feature_cache = cache
-        try:
-            for _ in range(2):
-                for b, ref in zip(batches, plain):
-                    assert rel(adapter.loss(b), ref) < TOL
-            return cache.stats()
-        finally:
-            adapter.feature_cache = None
-
-
 def test_nanovlm_cached_loss_and_logits_equal_the_tower(nano):
     adapter, samples = nano
     batch = nano_batches(adapter, samples)[0]
@@ -220,10 +177,8 @@ def test_eval_with_and_without_the_cache_writes_identical_predictions(nano, tmp_
 
 # ---------------------------------------------------------------- Qwen2.5-VL
 @pytest.fixture(scope="module")
-def qwen_ckpt(tmp_path_factory) -> Path:
-    from tiny_qwen import make_tiny_qwen
-
-    return make_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))
+def qwen_ckpt(tiny_qwen_dir) -> Path:
+    return tiny_qwen_dir
 
 
 def qwen_samples() -> list[Sample]:

@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from nanovlm.config import VLMConfig
-from nanovlm.vision_language_model import VisionLanguageModel
+from conftest import tiny_nanovlm
 from vlm_grades.components import build_registry
 from vlm_grades.errors import UserError
 from vlm_grades.grades import GradES
@@ -18,7 +17,7 @@ PROJ = "MP.proj"   # the projector's one matrix
 def engine(model=None, steps: int = 100, **rule):
     """GradES on a tiny nanoVLM watching the projector only (one matrix) unless `tau` says otherwise; the
     statistic unsmoothed, a grace period of 1 step and patience 2 unless `rule` says otherwise."""
-    model = model or VisionLanguageModel(VLMConfig.preset("tiny"))
+    model = model or tiny_nanovlm()
     settings = {"tau": {"vision": None, "projector": 1.0, "language": None}, "alpha": 1, "patience": 2,
                 "smoothing": 0.0, "sketch": "off", **rule}
     log: list[tuple[str, dict]] = []
@@ -89,7 +88,7 @@ def test_auto_tau_without_a_check_in_the_grace_period_calibrates_on_the_first_ch
 
 
 def test_a_modality_whose_matrices_all_froze_is_finalized_and_all_frozen_is_the_stop():
-    model = VisionLanguageModel(VLMConfig.preset("tiny"))
+    model = tiny_nanovlm()
     grades, log = engine(model, tau={"vision": None, "projector": 1.0, "language": 1.0}, patience=1)
     language = [c.name for c in grades.components if c.modality == "language"]
     grades.check(1, {**{n: 0.5 for n in language}, PROJ: 5.0})
@@ -110,7 +109,7 @@ def test_a_modality_whose_matrices_all_froze_is_finalized_and_all_frozen_is_the_
 
 
 def test_no_finalization_and_a_stop_fraction():
-    model = VisionLanguageModel(VLMConfig.preset("tiny"))
+    model = tiny_nanovlm()
     grades, _ = engine(model, tau={"vision": None, "projector": 1.0, "language": 1.0}, patience=1,
                        finalize_modalities=False, stop_fraction=0.95)
     language = [c.name for c in grades.components if c.modality == "language"]

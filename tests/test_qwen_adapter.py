@@ -3,25 +3,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_qwen import make_tiny_qwen  # noqa: E402
-
-from vlm_grades.data.schema import Sample  # noqa: E402
-from vlm_grades.errors import UserError  # noqa: E402
-from vlm_grades.models.lora import LoraSettings, is_lora_parameter  # noqa: E402
-from vlm_grades.models.qwen2_5_vl import Qwen25VLAdapter, load_qwen_for_eval, modality_of  # noqa: E402
+from vlm_grades.data.schema import Sample
+from vlm_grades.errors import UserError
+from vlm_grades.models.lora import LoraSettings, is_lora_parameter
+from vlm_grades.models.qwen2_5_vl import Qwen25VLAdapter, load_qwen_for_eval, modality_of
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))
+def ckpt(tiny_qwen_dir) -> Path:
+    return tiny_qwen_dir
 
 
 @pytest.fixture
@@ -357,12 +353,7 @@ def test_hub_id_goes_through_from_pretrained(monkeypatch):
     assert seen == ["Qwen/Qwen2.5-VL-3B-Instruct"] and "Qwen/Qwen2.5-VL-3B-Instruct" in _one_line(e)
 
 
-def test_missing_local_folder_is_not_tried_on_the_hub(monkeypatch, tmp_path):
-    import transformers
-
-    def no_hub(*a, **k):
-        raise AssertionError("tried the hub")
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+def test_missing_local_folder_is_not_tried_on_the_hub(monkeypatch, tmp_path, no_hub):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     with pytest.raises(UserError, match="^--model-path: runs/foo: no such folder$"):

@@ -117,13 +117,11 @@ def nanovlm_step_flops():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nanovlm.config import VLMConfig
-    from nanovlm.vision_language_model import VisionLanguageModel
+    from conftest import tiny_nanovlm
     from vlm_grades.components import build_registry
 
-    torch.manual_seed(0)
-    cfg = VLMConfig.preset("tiny", vit_stem="patch")
-    model = VisionLanguageModel(cfg)
+    model = tiny_nanovlm(vit_stem="patch")
+    cfg = model.cfg
     registry = build_registry(model)
     params = registry.modality_parameters(model)
     B, T = 2, cfg.mp_image_token_length + 6

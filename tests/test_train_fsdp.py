@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,15 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from test_train_ddp import check_ok, free_port, rank_states
-from test_train_resume import assert_same_weights, final_weights, history
+from conftest import (RANK_ENV as ENV, assert_same_weights, check_ok, final_weights, history, kill_tree, launch,
+                      rank_states, relative_difference)
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
 from vlm_grades.training.run_folder import RunFolder
 
-TESTS = Path(__file__).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1",
-       "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
 VISION = [f"vision_encoder.blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv_proj", "attn.out_proj", "mlp.fc1",
                                                                      "mlp.fc2")]
 # step 3: two matrices; step 6: the rest of the vision tower and the projector (both modalities finalize)
@@ -39,21 +35,8 @@ LIVE = ["--from-scratch", "--feature-cache", "0", "--max-samples", "128", "--bat
         "--smoothing", "0", "--auto-window", "3"]
 
 
-def launch(*argv: str, processes: int = 2, script: str | None = None, **popen) -> list[str]:
-    target = [str(TESTS / script)] if script else ["-m", "vlm_grades", "train"]
-    if processes == 1:
-        return [sys.executable, *target, *argv]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
-            "127.0.0.1", "--master_port", str(free_port()), *target, *argv]
-
-
 def run(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(launch(*argv, **kw), env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert set(a) == set(b)
-    return max(float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) for k in a)
 
 
 @pytest.mark.slow
@@ -104,22 +87,6 @@ def test_live_rule_freezes_alike_on_every_rank(live_run, tmp_path):
              if fsdp_steps.get(n) != ddp_steps.get(n)}
     print(f"freeze steps FSDP2 vs DDP: {len(fsdp_steps)} vs {len(ddp_steps)} frozen, differing: {moved}")
     assert len(moved) <= len(fsdp_steps) // 4, moved
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL to `pid` and every process below it (torchrun starts its workers in sessions of their own)."""
-    def below(p: int) -> list[int]:
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            return []
-        return [c for child in map(int, children) for c in [child, *below(child)]]
-
-    for p in [*below(pid), pid]:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.slow
@@ -235,15 +202,14 @@ def test_skeleton_costs_no_memory_and_materializes_with_ties():
 
 
 @pytest.mark.slow
-def test_qwen_lora_under_fsdp_ends_as_under_ddp(tmp_path):
+def test_qwen_lora_under_fsdp_ends_as_under_ddp(tmp_path, tiny_qwen_dir):
     """Tiny random Qwen2.5-VL with LoRA adapters in both towers: the same imposed freezes under FSDP2 and DDP end
     with the same adapter weights; final/ is an ordinary PEFT adapter folder."""
     from safetensors.torch import load_file
 
     from fixtures_data import write_vqav2
-    from tiny_qwen import make_tiny_qwen
 
-    model = make_tiny_qwen(tmp_path / "qwen")
+    model = tiny_qwen_dir
     data = write_vqav2(tmp_path / "vqa", split="val", image_ids=(1, 2, 3, 4, 5, 6, 7, 8))
     vision = [f"model.visual.blocks.{b}.{m}" for b in (0, 1)
               for m in ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]

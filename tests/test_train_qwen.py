@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from fixtures_data import write_coco, write_gqa, write_hf_coco, write_hf_gqa, write_hf_vqav2, write_vqav2
-from tiny_qwen import make_tiny_qwen
 from vlm_grades.cli import main
 from vlm_grades.training.run_folder import RunFolder
 
@@ -27,8 +26,8 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory) -> Path:
-    return make_tiny_qwen(tmp_path_factory.mktemp("qwen") / "model")
+def qwen(tiny_qwen_dir) -> Path:
+    return tiny_qwen_dir
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
+from conftest import ENV, assert_same_weights, history
 from vlm_grades.training.checkpoint import STATE_FILE, latest_checkpoint
 from vlm_grades.cli import main
 from vlm_grades.training.run_folder import RunFolder
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 256 samples / batch 8 = 32 steps per epoch, so the 40 steps cross an epoch boundary; GradES (auto thresholds,
 # grace 12 steps) freezes matrices both before and after step 20
 RUN = ["--max-samples", "256", "--batch-size", "8", "--steps", "40", "--checkpoint-every", "10", "--eval-split=",
@@ -32,27 +31,6 @@ SMALL = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--checkpo
 
 def cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "vlm_grades", "train", *argv]
-
-
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "final" / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = final_weights(a), final_weights(b)
-    assert set(wa) == set(wb)
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"final weights differ: {different[:5]}"
-
-
-def history(run: Path, kinds=("freeze", "finalize", "stop", "checkpoint")) -> list[tuple]:
-    out = []
-    for e in RunFolder(run).read("events"):
-        if e["type"] in kinds:
-            out.append((e["type"], e["step"], e.get("component"), e.get("modality"), e.get("reason")))
-    return out
 
 
 def assert_same_run(a: Path, b: Path) -> None:
