@@ -16,12 +16,8 @@ from vlm_grades.report.run_data import RunData
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("replay") / "run"
-    # a short run with a loose unsmoothed rule, so that matrices freeze within 40 steps
-    assert main(["train", "--no-progress", "--steps", "40", "--max-samples", "256", "--batch-size", "8",
-                 "--eval-split=", "--checkpoint-every", "100", "--smoothing", "0", "--auto-window", "5",
-                 "--rho", "0.6", "--out", str(out)]) == 0
+def run(trained_run) -> Path:
+    out = trained_run[0]       # the shared short run: a loose unsmoothed rule, so that matrices freeze in 40 steps
     assert RunData.load(out).freeze_steps, "precondition: the run froze some matrices"
     saved = yaml.safe_load((out / "config.yaml").read_text())["grades"]
     assert saved["rho"] == 0.6 and saved["patience"] == 2 and saved["metric"] == "grad_change", saved
