@@ -130,6 +130,45 @@ def test_resumed_run_with_cache_ends_with_the_weights_of_an_uninterrupted_one(tm
     assert step9["hits"] + step9["misses"] == 8 and step9["misses"] > 0   # rebuilt from empty at step 8
 
 
+# GradES itself freezes the tower mid-run: vision and projector (tau 1e9) at the first check after the grace
+# period, step 4; the language model (tau 1e-30) never. 64 samples / 8 = 8 steps per epoch: steps 9-12 see the
+# images again.
+MID_RUN = ["train", "--model", "nanovlm", "--max-samples", "64", "--batch-size", "8", "--steps", "12",
+           "--checkpoint-every", "6", "--eval-split=", "--no-progress", "--seed", "2", "--alpha", "4", "--patience",
+           "1", "--tau-vision", "1e9", "--tau-projector", "1e9", "--tau-language", "1e-30"]
+
+
+def test_the_cache_switches_on_when_grades_finalizes_the_tower_mid_run_and_after_a_resume(tmp_path):
+    import shutil
+
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    assert main(MID_RUN + ["--out", str(cached)]) == 0
+    assert main(MID_RUN + ["--out", str(plain), "--feature-cache", "0"]) == 0
+    run = RunFolder(cached)
+    finalized = {e["modality"]: e["step"] for e in run.read("events") if e["type"] == "finalize"}
+    assert finalized == {"vision": 4, "projector": 4}
+    assert [(e["step"], e["state"]) for e in run.read("events") if e["type"] == "feature_cache"] == [(4, "on")]
+    metrics = {m["step"]: m for m in run.read("metrics")}
+    assert not any("feature_cache" in metrics[s] or "cached_rows" in metrics[s] for s in range(1, 4))
+    lookups = {s: metrics[s]["feature_cache"]["hits"] + metrics[s]["feature_cache"]["misses"] for s in range(4, 13)}
+    assert lookups == {s: 8 * (s - 4) for s in range(4, 13)}            # on after step 4: 8 images a step
+    assert all(metrics[s]["cached_rows"]["vision"] > 0 for s in range(5, 13))
+    losses = [[m["loss"] for m in RunFolder(r).read("metrics")] for r in (cached, plain)]
+    assert losses[0][:4] == losses[1][:4]                               # the same run until the switch
+    assert losses[0][4:] == pytest.approx(losses[1][4:], rel=1e-4)      # then the tower's features, from the cache
+    whole = weights(cached)
+    assert max(rel(whole[k], v) for k, v in weights(plain).items()) < 1e-3
+
+    shutil.rmtree(cached / "final")      # resumed from its step-6 checkpoint: the tower is frozen from the start
+    assert main(MID_RUN + ["--out", str(cached), "--resume"]) == 0
+    events = [(e["step"], e["state"]) for e in RunFolder(cached).read("events") if e["type"] == "feature_cache"]
+    assert events == [(4, "on"), (6, "on")]
+    step7 = [m for m in RunFolder(cached).read("metrics") if m["step"] == 7][0]["feature_cache"]
+    assert step7["hits"] + step7["misses"] == 8 and step7["misses"] > 0  # rebuilt from empty at step 6
+    again = weights(cached)
+    assert all(torch.equal(again[k], whole[k]) for k in whole)
+
+
 def test_random_augmentation_keeps_the_cache_off(tmp_path, capsys, monkeypatch):
     from vlm_grades.models.nanovlm import NanoVLMAdapter
 

@@ -3,6 +3,7 @@ that still train, and both processes end with the same frozen set and bit-identi
 a checkpoint ends as the uninterrupted one. Each process writes rank-<i>.json (VLM_GRADES_RANK_STATE)."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,13 @@ def freezes(run: Path) -> list[tuple]:
 @pytest.mark.slow
 def test_two_processes_freeze_alike_and_end_identical(tmp_path):
     out = tmp_path / "run"
-    done = torchrun(*RUN, "--eval-split", "test", "--eval-max-samples", "16", "--out", str(out))
+    done = torchrun(*RUN, "--eval-split", "test", "--eval-max-samples", "16", "--out", str(out),
+                    script="record_decisions.py")
     check_ok(done)
+    # each rank's own statistics and decisions, before rank 0's are broadcast, are the same
+    alone = [[json.loads(line) for line in (out / f"decisions-rank-{r}.jsonl").read_text().splitlines()]
+             for r in range(2)]
+    assert len(alone[0]) >= 30 and alone[0] == alone[1] and any(any(d["flags"]) for d in alone[0])
     r0, r1 = rank_states(out)
     assert (r0["rank"], r1["rank"], r0["processes"]) == (0, 1, 2)
     assert r0["step"] == r1["step"] == 40

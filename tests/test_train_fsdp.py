@@ -27,8 +27,11 @@ VISION = [f"vision_encoder.blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv_p
 SCHEDULE = {"3": ["decoder.blocks.0.mlp.up_proj", "vision_encoder.blocks.1.mlp.fc2"],
             "6": [n for n in VISION if n != "vision_encoder.blocks.1.mlp.fc2"] + ["MP.proj"]}
 # from random weights, and no feature cache (its one-image tower passes differ from batched ones in the last bits)
-IMPOSED = ["--from-scratch", "--feature-cache", "0", "--max-samples", "96", "--steps", "10", "--checkpoint-every",
-           "100", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--tau", "1e-30", "--alpha", "0.1", "--eval-split="]
+IMPOSED = ["--from-scratch", "--feature-cache", "0", "--max-samples", "96", "--steps", "8", "--checkpoint-every",
+           "100", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--tau", "1e-30", "--alpha", "1", "--eval-split="]
+# the same global batch of 8: one process in two micro-batches of 4, two processes with 4 each
+MODES = {"one": (1, ["--batch-size", "4", "--grad-accum", "2"]), "ddp": (2, ["--batch-size", "4"]),
+         "fsdp": (2, ["--batch-size", "4", "--distributed", "fsdp"])}
 # live rule: auto thresholds, grace 6 steps; checkpoints every 4 steps
 LIVE = ["--from-scratch", "--feature-cache", "0", "--max-samples", "128", "--batch-size", "4", "--steps", "20", "--checkpoint-every", "4", "--keep-checkpoints",
         "20", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--alpha", "0.3", "--rho", "0.3",
@@ -39,30 +42,54 @@ def run(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(launch(*argv, **kw), env=ENV, capture_output=True, text=True, timeout=600)
 
 
+def statistics(run: Path) -> list[tuple[int, dict[str, float]]]:
+    return [(c["step"], c["values"]) for c in RunFolder(run).read("convergence")]
+
+
+def assert_same_statistics(a: Path, b: Path, tol: float = 1e-4) -> None:
+    sa, sb = statistics(a), statistics(b)
+    assert [s for s, _ in sa] == [s for s, _ in sb] and len(sa) >= 6
+    for (step, va), (_, vb) in zip(sa, sb):
+        assert set(va) == set(vb), step
+        for name in va:
+            assert abs(va[name] - vb[name]) <= tol * max(abs(va[name]), abs(vb[name]), 1e-30), (step, name, va[name],
+                                                                                               vb[name])
+
+
 @pytest.mark.slow
-def test_imposed_freezes_fsdp_ddp_and_one_process_end_alike(tmp_path):
+@pytest.mark.parametrize("metric,modes", [("grad_change", ("one", "ddp", "fsdp")), ("weight_change", ("one", "fsdp")),
+                                          ("grad_snr", ("one", "fsdp"))])
+def test_imposed_freezes_fsdp_ddp_and_one_process_end_alike(tmp_path, metric, modes):
+    """The same freezes imposed: the same weights, and the same statistics in convergence.jsonl, which (unlike
+    weights under AdamW and clipping) see the scale of the gradient: a sum over ranks instead of a mean, or a
+    missing division by --grad-accum, changes them. DDP's statistics take one process's code path (whole
+    gradients), so only grad_change runs it."""
     schedule = json.dumps(SCHEDULE)
-    runs = {"one": (1, ["--batch-size", "8"]), "ddp": (2, ["--batch-size", "4"]),
-            "fsdp": (2, ["--batch-size", "4", "--distributed", "fsdp"])}   # the same global batch of 8
-    for name, (processes, extra) in runs.items():
-        check_ok(run(schedule, *IMPOSED, *extra, "--out", str(tmp_path / name), processes=processes,
-                     script="imposed_freezes.py"))
-    weights = {name: final_weights(tmp_path / name) for name in runs}
-    assert relative_difference(weights["one"], weights["fsdp"]) < 1e-4
-    assert relative_difference(weights["ddp"], weights["fsdp"]) < 1e-4
-    assert relative_difference(weights["one"], weights["ddp"]) < 1e-4
-    assert history(tmp_path / "fsdp") == history(tmp_path / "ddp") == history(tmp_path / "one")
+    for name in modes:
+        processes, extra = MODES[name]
+        check_ok(run(schedule, *IMPOSED, *extra, "--metric", metric, "--out", str(tmp_path / name),
+                     processes=processes, script="imposed_freezes.py"))
+    for name in modes[1:]:
+        assert relative_difference(final_weights(tmp_path / "one"), final_weights(tmp_path / name)) < 1e-4, name
+        assert history(tmp_path / name) == history(tmp_path / "one"), name
+        assert_same_statistics(tmp_path / "one", tmp_path / name)
     r0, r1 = rank_states(tmp_path / "fsdp")
     assert r0["frozen"] == r1["frozen"] and len(r0["frozen"]) == 10
     assert r0["trainable"] == r1["trainable"]
     assert not any(n.startswith(("vision_encoder.", "MP.")) for n in r0["trainable"])   # finalized: no gradient
 
 
+def decisions(run: Path) -> list[list[dict]]:
+    """What each rank decided alone at every check (tests/record_decisions.py)."""
+    return [[json.loads(line) for line in (run / f"decisions-rank-{r}.jsonl").read_text().splitlines()]
+            for r in range(2)]
+
+
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp") / "run"
     check_ok(run(*LIVE, "--distributed", "fsdp", "--eval-split", "test", "--eval-max-samples", "16",
-                 "--out", str(out)))
+                 "--out", str(out), script="record_decisions.py"))
     return out
 
 
@@ -78,10 +105,16 @@ def test_live_rule_freezes_alike_on_every_rank(live_run, tmp_path):
     assert r0["frozen"] == r1["frozen"] and r0["trainable"] == r1["trainable"]   # every matrix, every step
     logged = {(e["component"], e["step"]) for e in RunFolder(live_run).read("events") if e["type"] == "freeze"}
     assert logged == set(r0["frozen"].items())
+    # before rank 0's decisions are broadcast, each rank computed the same statistics and decided the same alone
+    alone = decisions(live_run)
+    assert len(alone[0]) >= 15 and alone[0] == alone[1]
+    assert any(any(d["flags"]) for d in alone[0])
 
     # the same run under DDP: float order differs (sharded sums), so a threshold crossing may move
     ddp = tmp_path / "ddp"
-    check_ok(run(*LIVE, "--eval-split=", "--out", str(ddp)))
+    check_ok(run(*LIVE, "--eval-split=", "--out", str(ddp), script="record_decisions.py"))
+    alone = decisions(ddp)
+    assert len(alone[0]) >= 15 and alone[0] == alone[1]
     fsdp_steps, ddp_steps = r0["frozen"], rank_states(ddp)[0]["frozen"]
     moved = {n: (fsdp_steps.get(n), ddp_steps.get(n)) for n in set(fsdp_steps) | set(ddp_steps)
              if fsdp_steps.get(n) != ddp_steps.get(n)}
