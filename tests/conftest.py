@@ -2,7 +2,7 @@
 never import each other.
 
 - subprocesses: ENV (one thread each, this checkout first on PYTHONPATH), free_port, launch/torchrun, check_ok,
-  kill_tree, rank_states (VLM_GRADES_RANK_STATE);
+  rank_states (VLM_GRADES_RANK_STATE); kills at a named point: tests/killed_at.py;
 - runs: final_weights, assert_same_weights, relative_difference, history, and `trained_run`, one real short
   nanoVLM run (GradES on, held-out eval) shared by the tests that only read a run;
 - models: tiny_nanovlm, `tiny_qwen_dir` (a random Qwen2.5-VL on disk, read-only), `nano` (a nanoVLM adapter
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -61,22 +60,6 @@ def check_ok(done: subprocess.CompletedProcess) -> None:
 
 def rank_states(run: Path, processes: int = 2) -> list[dict]:
     return [json.loads((Path(run) / f"rank-{i}.json").read_text()) for i in range(processes)]
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL to `pid` and every process below it (torchrun starts its workers in sessions of their own)."""
-    def below(p: int) -> list[int]:
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            return []
-        return [c for child in map(int, children) for c in [child, *below(child)]]
-
-    for p in [*below(pid), pid]:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # ------------------------------------------------------------------ runs

@@ -5,20 +5,19 @@ fresh process loads and scores without torch.distributed. Plus the settings refu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import (RANK_ENV as ENV, assert_same_weights, check_ok, final_weights, history, kill_tree, launch,
+from conftest import (RANK_ENV as ENV, assert_same_weights, check_ok, final_weights, history, launch,
                       rank_states, relative_difference)
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
+from vlm_grades.training.checkpoint import latest_checkpoint
 from vlm_grades.training.run_folder import RunFolder
 
 VISION = [f"vision_encoder.blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv_proj", "attn.out_proj", "mlp.fc1",
@@ -127,19 +126,13 @@ def test_live_rule_freezes_alike_on_every_rank(live_run, tmp_path):
 @pytest.mark.slow
 def test_killed_while_checkpointing_resumes_to_the_uninterrupted_end(live_run, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(launch(*LIVE, "--distributed", "fsdp", "--eval-split", "test", "--eval-max-samples",
-                                   "16", "--out", str(out)), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    root, deadline = out / "checkpoints", time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if root.is_dir() and any(n.startswith(".tmp-step-8-") for n in os.listdir(root)):
-                kill_tree(proc.pid)                   # both workers mid-write, and torchrun
-                break
-    finally:
-        kill_tree(proc.pid)
-        proc.wait()
-    assert not (root / "step-8" / "trainer_state.json").exists(), "the kill came too late"
+    # both workers kill themselves inside the write of checkpoint 8, each after its own shards (tests/killed_at.py)
+    killed = run("checkpoint:8", *LIVE, "--distributed", "fsdp", "--eval-split", "test", "--eval-max-samples", "16",
+                 "--out", str(out), script="killed_at.py")
+    assert killed.returncode != 0, killed.stdout[-2000:]
+    root = out / "checkpoints"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp-step-8-")]
+    assert not (root / "step-8").exists() and latest_checkpoint(root) == root / "step-4"
     done = run("--resume", "--out", str(out), "--no-progress")
     check_ok(done)
     assert "step-4 at step 4" in done.stdout

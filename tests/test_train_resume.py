@@ -5,17 +5,15 @@ checkpoint; an early stop leaves a checkpoint at its step."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ENV, assert_same_weights, history
+from conftest import ENV, TESTS, assert_same_weights, history
 from vlm_grades.training.checkpoint import STATE_FILE, latest_checkpoint
 from vlm_grades.cli import main
 from vlm_grades.training.run_folder import RunFolder
@@ -45,23 +43,11 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert ca[-1]["frozen"] == cb[-1]["frozen"]
 
 
-def kill_during_checkpoint(out: Path, step: int, args: list[str], timeout: float = 300) -> None:
-    """Start a training run and SIGKILL it as soon as the temporary folder of checkpoint `step` appears."""
-    proc = subprocess.Popen(cli(*args, "--out", str(out)), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    prefix, deadline = f".tmp-step-{step}-", time.monotonic() + timeout
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            root = out / "checkpoints"
-            if root.is_dir() and any(n.startswith(prefix) for n in os.listdir(root)):
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.0005)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"run ended before checkpoint {step} was written: {err[-2000:]}"
+def killed_at(point: str, out: Path, args: list[str]) -> None:
+    """A training run that SIGKILLs itself at `point` (tests/killed_at.py: checkpoint:N, step:N)."""
+    done = subprocess.run([sys.executable, str(TESTS / "killed_at.py"), point, *args, "--out", str(out)], env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, f"the run did not reach {point}: {done.stderr[-2000:]}"
 
 
 @pytest.mark.slow
@@ -73,14 +59,13 @@ def test_killed_while_checkpointing_resumes_to_the_same_end(tmp_path):
     assert any(e["step"] <= 20 for e in freezes) and any(e["step"] > 20 for e in freezes), \
         f"the test needs freezes before and after the resume point; got steps {[e['step'] for e in freezes]}"
 
-    kill_during_checkpoint(resumed, 30, RUN)
+    killed_at("checkpoint:30", resumed, RUN)            # inside the write of checkpoint 30
     checkpoints = resumed / "checkpoints"
     torn = [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-step-30-")]
     complete = latest_checkpoint(checkpoints)
     assert complete is not None and (complete / STATE_FILE).exists()
-    if not (checkpoints / "step-30").exists():           # the usual case: killed inside the write
-        assert torn and complete.name == "step-20"
-    assert not (resumed / "final").exists()
+    assert torn and not (torn[0] / STATE_FILE).exists() and complete.name == "step-20"
+    assert not (checkpoints / "step-30").exists() and not (resumed / "final").exists()
 
     # only --out and --resume: every other setting comes from the run's config.yaml
     again = subprocess.run(cli("--resume", "--out", str(resumed), "--no-progress"), env=ENV, capture_output=True,
@@ -149,16 +134,7 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
     done = subprocess.run(cli(*args, "--out", str(reference)), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen(cli(*args, "--out", str(run)), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if metrics.exists() and metrics.stat().st_size > 0:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.0005)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err[-2000:]}"
+    killed_at("step:1", run, args)
     assert not (run / "final").exists() and latest_checkpoint(run / "checkpoints") is None
 
     again = subprocess.run(cli("--resume", "--out", str(run), "--no-progress"), env=ENV, capture_output=True,
