@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV, TESTS, assert_same_weights, history
+from conftest import ENV, TESTS, assert_same_weights, history, one_line_error
 from vlm_grades.training.checkpoint import STATE_FILE, latest_checkpoint
 from vlm_grades.cli import main
 from vlm_grades.training.run_folder import RunFolder
@@ -120,8 +120,7 @@ def test_resume_refuses_a_finished_run(tmp_path, capsys, checkpoint_every):
 
     assert main(["train", "--resume", "--out", str(run), "--steps", "20"]) == 2
     captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert len(err.splitlines()) == 1 and str(run) in err and "finished" in err.replace(str(run), ""), err
+    assert "finished" in one_line_error(captured.err, str(run)).replace(str(run), "")
     assert "resumed" not in captured.out
     assert files(run) == before                       # final/, eval, logs and checkpoints untouched
 
@@ -150,14 +149,12 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
     # not a run folder at all
     missing = tmp_path / "nothing-here"
     assert main(["train", "--resume", "--out", str(missing)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(missing) in err
+    one_line_error(capsys.readouterr().err, str(missing))
     assert not missing.exists()
 
     # --resume needs --out
     assert main(["train", "--resume"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--out" in err
+    one_line_error(capsys.readouterr().err, "--resume", "--out")
 
 
 # GradES stops at step 9 of 30 (60% of the matrices frozen); periodic checkpoints at 4 and 8
