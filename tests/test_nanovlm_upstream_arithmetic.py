@@ -50,3 +50,40 @@ def test_tiled_size_agrees_on_a_sweep_of_sizes():
                 for w in range(1, 1800, 13):
                     assert tiled_size(h, w, tile, max_side, to_max) == upstream_resize(h, w, tile, max_side, to_max), \
                         (h, w, tile, max_side, to_max)
+
+
+# ----------------------------------------------------------------------------------------------- rotary
+def _llama(tmp_path, rope: dict | None = None):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128, rms_norm_eps=1e-5, max_position_embeddings=32, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0, **(rope or {})})
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_rotary_rescales_past_lm_max_position_embeddings_as_nanovlm(tmp_path):
+    """nanoVLM divides inv_freq by max_seq / lm_max_position_embeddings once a call's positions pass the field.
+    For one forward over positions 0..59 that is transformers' linear RoPE scaling with factor 60 / 32."""
+    from nanovlm.weights import load_smollm2
+
+    torch.manual_seed(0)
+    plain = _llama(tmp_path)
+    plain.save_pretrained(tmp_path)
+    lm = LanguageModel(VLMConfig(lm_hidden_dim=64, lm_inter_dim=96, lm_n_heads=4, lm_n_kv_heads=2, lm_n_blocks=2,
+                                 lm_vocab_size=128, lm_re_base=100000.0, lm_max_position_embeddings=32)).eval()
+    load_smollm2(lm, tmp_path)
+    linear = _llama(tmp_path, {"rope_type": "linear", "factor": 60 / 32})
+    linear.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 128, (2, 60), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = lm(ids)[0]
+        assert (ours - linear(input_ids=ids).logits).abs().max().item() < 1e-5
+        assert (ours - plain(input_ids=ids).logits).abs().max().item() > 1e-3     # the rescaling matters here
+        # up to lm_max_position_embeddings positions nothing is rescaled
+        short = ids[:, :32]
+        assert (lm(short)[0] - plain(input_ids=short).logits).abs().max().item() < 1e-5
+        # a decoding step rescales from its own position (nanoVLM's per-call rule): token 60 at position 59
+        _, cache = lm(ids[:, :59], use_cache=True)
+        step = lm(ids[:, 59:], kv_cache=cache, position_ids=torch.full((2, 1), 59))[0]
+        assert (step[:, -1] - ours[:, -1]).abs().max().item() > 1e-4         # the cache holds keys at 59 / 32
