@@ -1,5 +1,5 @@
-"""Checkpoints in nanoVLM's own format (huggingface/nanoVLM save_pretrained), for the v0.1 pipeline (222M) and
-the tiled one (main): they load with every tensor assigned, train with GradES, and export back unchanged where
+"""Checkpoints in nanoVLM's own format (huggingface/nanoVLM save_pretrained), for the v0.1 pipeline (222M), the
+v0.2 one (450M) and the tiled one (main): they load with every tensor assigned, train with GradES, and export back unchanged where
 training did not touch them; the tiled prompt layout; the 222m preset against the 222M format."""
 from __future__ import annotations
 
@@ -86,6 +86,16 @@ def tiled_config(tokenizer: Path, vocab: int) -> dict:
     return c
 
 
+def v02_config(tokenizer: Path, vocab: int) -> dict:
+    """nanoVLM v0.2's VLMConfig fields (June 2025, nanoVLM-450M) for a tiny model: one <|image|> token, no chat
+    template, IMAGE_TOKEN_LENGTH / TOTAL_SEQUENCE_LENGTH deciding lm_max_length."""
+    c = v01_config(tokenizer, vocab)
+    c.update({"lm_base_vocab_size": vocab - 1, "extra_token_amount": 1, "IMAGE_TOKEN_LENGTH": 4,
+              "TOTAL_SEQUENCE_LENGTH": 128, "lm_max_length": 124, "lm_model_type": "HuggingFaceTB/SmolLM2-360M-Instruct",
+              "mp_image_token_length": 4, "vlm_extra_tokens": {"image_token": "<|image|>"}})
+    return c
+
+
 def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     D, L, s, p = cfg["vit_hidden_dim"], cfg["lm_hidden_dim"], cfg["mp_pixel_shuffle_factor"], cfg["vit_patch_size"]
     kv = L // cfg["lm_n_heads"] * cfg["lm_n_kv_heads"]
@@ -136,11 +146,12 @@ def vocab(tok: Path, tiled: bool) -> int:
     return len(SPECIALS) + 1 + len(WORDS) + (len(TILE_TOKENS) if tiled else 0)
 
 
-@pytest.fixture(params=["v0.1", "tiled"])
+@pytest.fixture(params=["v0.1", "v0.2", "tiled"])
 def checkpoint(request, tok, tmp_path) -> tuple[str, Path]:
-    tiled = request.param == "tiled"
-    cfg = (tiled_config if tiled else v01_config)(tok, vocab(tok, tiled))
-    return request.param, write_checkpoint(tmp_path / f"ckpt-{request.param}", cfg)
+    kind = request.param
+    cfg = {"v0.1": lambda: v01_config(tok, vocab(tok, False)), "v0.2": lambda: v02_config(tok, vocab(tok, False) + 1),
+           "tiled": lambda: tiled_config(tok, vocab(tok, True))}[kind]()
+    return kind, write_checkpoint(tmp_path / f"ckpt-{kind}", cfg)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -240,8 +251,9 @@ def test_v01_prompt_puts_the_image_first(tok, tmp_path):
     assert float(item["pixel_values"].min()) >= 0.0          # nanoVLM feeds [0, 1], no normalization
 
 
-def test_image_token_pipeline_450m_style(tok, tmp_path):
-    """nanoVLM-450M (June 2025): <|image|> x mp_image_token_length in the chat template, one square image."""
+def test_image_token_pipeline_with_a_chat_template(tok, tmp_path):
+    """nanoVLM's main between v0.2 and the tiles: <|image|> x mp_image_token_length in the chat template, one
+    square image."""
     cfg = tiled_config(tok, vocab(tok, False) + 1)
     del cfg["max_img_size"], cfg["resize_to_max_side_len"]
     cfg["vlm_extra_tokens"], cfg["extra_token_amount"] = {"image_token": "<|image|>"}, 1

@@ -19,6 +19,7 @@ from nanovlm.weights import check_state_dict
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.models.hub import hub_id
+from vlm_grades.models.named_tokenizer import load_named_tokenizer
 from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter, _load_tokenizer
 
 NATIVE_FILE = "nanovlm_native.json"     # beside vlm-grades' own save: the original config, dtypes, header
@@ -54,10 +55,10 @@ def resolve(source: str) -> Path:
 
 
 def _tokenizer(folder: Path, pipe: nf.NativePipeline) -> PreTrainedTokenizerBase:
-    """The checkpoint folder's own tokenizer files, else lm_tokenizer (a folder, or a hub id fetched by
-    transformers when online), with the pipeline's extra tokens added in nanoVLM's order."""
+    """The checkpoint folder's own tokenizer files, else lm_tokenizer (a folder, the Hugging Face cache, or
+    the hub when it answers), with the pipeline's extra tokens added in nanoVLM's order."""
     own = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
-    tok = _load_tokenizer(str(folder) if own else pipe.tokenizer)
+    tok = _load_tokenizer(str(folder)) if own else load_named_tokenizer(pipe.tokenizer, folder, str(folder / CONFIG))
     missing = [t for t in pipe.extra_tokens.values() if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
@@ -156,7 +157,7 @@ class NativeNanoVLMAdapter(NanoVLMAdapter):
 
     def prompt_ids(self, prompt: str, grid: tuple[int, int]) -> list[int]:
         n = self.cfg.mp_image_token_length
-        if self.pipe.kind == "v0.1":
+        if self.pipe.kind in ("v0.1", "v0.2"):
             return [self.cfg.image_token_id] * n + self._ids(prompt)
         if self.pipe.kind == "tiled":
             layout = image_token_layout(grid, n, self.pipe.extra_tokens, self.pipe.global_view)
@@ -175,8 +176,14 @@ class NativeNanoVLMAdapter(NanoVLMAdapter):
         item = {"id": sample.id, "pixel_values": pixels, "input_ids": prompt}
         if train:
             target = sample.meta.get("train_target", sample.targets[0])
-            lead = " " if self.pipe.kind == "v0.1" else ""      # the chat template ends with a newline
-            answer = self._ids(lead + target) + [self.cfg.eos_token_id]
+            if self.pipe.kind in ("v0.1", "v0.2"):
+                # nanoVLM's collator tokenizes f"{prompt}{answer}{eos}" as one text (no space before the
+                # answer: "Answer:red") and trains on the tokens past the prompt's own token count
+                n = self.cfg.mp_image_token_length
+                text = self._ids(sample.prompt + target) + [self.cfg.eos_token_id]
+                prompt, answer = prompt[:n] + text[:len(prompt) - n], text[len(prompt) - n:]
+            else:
+                answer = self._ids(target) + [self.cfg.eos_token_id]   # the chat template ends with a newline
             item["input_ids"] = (prompt + answer)[: self.max_length]
             item["labels"] = ([-100] * len(prompt) + answer)[: self.max_length]
         return item
