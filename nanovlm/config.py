@@ -53,6 +53,9 @@ class VLMConfig:
             if not ok:
                 raise ValueError(f"VLMConfig: {msg}")
 
+        for f in dataclasses.fields(self):     # types first: the checks below fail obscurely on a string
+            wrong = _wrong_type(f.name, f.type, getattr(self, f.name))
+            need(wrong is None, wrong or "")
         need(self.vit_stem in ("patch", "conv"), f"vit_stem must be 'patch' or 'conv', got {self.vit_stem!r}")
         need(self.vit_patch_size >= 1 and self.vit_img_size % self.vit_patch_size == 0,
              f"vit_img_size {self.vit_img_size} is not a multiple of vit_patch_size {self.vit_patch_size}")
@@ -98,6 +101,22 @@ class VLMConfig:
         if unknown:
             raise ValueError(f"unknown nanoVLM config keys: {', '.join(unknown)}")
         return cls(**d)
+
+
+def _wrong_type(name: str, kind: str, value: Any) -> str | None:
+    """What is wrong with a field's value given its annotation ("int": positive, token ids >= 0), or None."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int":
+        lowest = 0 if name.endswith("_token_id") else 1
+        if not (is_int and value >= lowest):
+            return f"{name} must be {'an integer >= 0' if lowest == 0 else 'a positive integer'}, got {value!r}"
+    elif kind == "float" and not (is_int or isinstance(value, float)):
+        return f"{name} must be a number, got {value!r}"
+    elif kind == "bool" and not isinstance(value, bool):
+        return f"{name} must be true or false, got {value!r}"
+    elif kind == "str" and not isinstance(value, str):
+        return f"{name} must be a string, got {value!r}"
+    return None
 
 
 _SMOLLM2_135M = dict(

@@ -4,6 +4,7 @@ the fix, when the tokenizer it names cannot be fetched."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -169,3 +170,17 @@ def test_the_named_fixes_work(no_tokenizer, words, tmp_path, monkeypatch):
     for name in ("tokenizer.json", "tokenizer_config.json"):           # the tokenizer files beside the weights
         shutil.copy(words / name, no_tokenizer / name)
     assert NanoVLMAdapter.load(no_tokenizer).pipe.kind == "v0.1"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("vit_hidden_dim", "wide", "VLMConfig: vit_hidden_dim must be a positive integer, got 'wide'"),
+    ("lm_n_heads", 0, "VLMConfig: lm_n_heads must be a positive integer, got 0"),
+    ("lm_rms_eps", None, "VLMConfig: lm_rms_eps must be a number, got None"),
+    ("lm_tie_weights", 1, "VLMConfig: lm_tie_weights must be true or false, got 1"),
+    ("image_token_id", -1, "VLMConfig: image_token_id must be an integer >= 0, got -1"),
+])
+def test_vlm_grades_own_config_names_a_mistyped_field(field, value, message):
+    from nanovlm.config import VLMConfig
+
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        VLMConfig.from_dict({**VLMConfig().to_dict(), field: value})
