@@ -184,3 +184,16 @@ def test_vlm_grades_own_config_names_a_mistyped_field(field, value, message):
 
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         VLMConfig.from_dict({**VLMConfig().to_dict(), field: value})
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_hub_model_id_fails_after_one_short_try(monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(c, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"^--model-path: lusxvr/nanoVLM-450M: not a local folder, and the Hugging "
+                                        r"Face hub cannot serve it \(http://127\.0\.0\.1:9 cannot be reached"):
+        NanoVLMAdapter.load("lusxvr/nanoVLM-450M")
+    assert time.monotonic() - start < 10

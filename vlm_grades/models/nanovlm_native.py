@@ -19,7 +19,7 @@ from nanovlm.weights import check_state_dict
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.models.hub import hub_id
-from vlm_grades.models.named_tokenizer import load_named_tokenizer
+from vlm_grades.models.named_tokenizer import hub_unreachable, load_named_tokenizer
 from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter, _load_tokenizer
 
 NATIVE_FILE = "nanovlm_native.json"     # beside vlm-grades' own save: the original config, dtypes, header
@@ -44,6 +44,9 @@ def resolve(source: str) -> Path:
     if p.exists():
         return p
     hub_id(source)
+    why = hub_unreachable(source)
+    if why:   # hf_hub_download would retry each file for about 20 s before giving up
+        raise UserError(f"--model-path: {source}: not a local folder, and the Hugging Face hub cannot serve it ({why})")
     try:
         from huggingface_hub import hf_hub_download
 
