@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from nanovlm.weights import smollm2_cache_dir, smollm2_cached
 from test_nanovlm_native import v01_config, v02_config, write_checkpoint, write_tokenizer
 from vlm_grades.cli import main
 from vlm_grades.data.schema import Sample
@@ -76,6 +77,15 @@ def test_v01_target_follows_the_prompt_without_a_space(bytelevel, tmp_path):
     assert tok.convert_ids_to_tokens(item["input_ids"][n:]) == [
         "Question", ":", "Ġwhat", "Ġcolor", "Ġis", "Ġthe", "Ġshape", "?", "ĠAnswer", ":", "red", "<|endoftext|>"]
     assert item["labels"] == [-100] * (n + 10) + [tok.convert_tokens_to_ids("red"), 0]
+
+
+@pytest.mark.skipif(not smollm2_cached(), reason="SmolLM2-135M not cached (vlm-grades fetch smollm2-135m)")
+def test_v01_target_with_the_smollm2_tokenizer(tmp_path):
+    """With SmolLM2's own tokenizer the answer is "red" (455), not " red" (2382)."""
+    folder = write_checkpoint(tmp_path / "v01", v01_config(smollm2_cache_dir(), 49152))
+    adapter = NanoVLMAdapter.load(folder)
+    item = adapter.preprocess(red_sample(), train=True)
+    assert item["input_ids"][-3:] == [42, 455, 0] and item["labels"][-3:] == [-100, 455, 0]   # ":" red <eos>
 
 
 # ----------------------------------------------------------------------------------------------- field types
