@@ -1,6 +1,7 @@
 """Checkpoints in nanoVLM's own format (huggingface/nanoVLM save_pretrained), for the v0.1 pipeline (222M), the
-v0.2 one (450M) and the tiled one (main): they load with every tensor assigned, train with GradES, and export back unchanged where
-training did not touch them; the tiled prompt layout; the 222m preset against the 222M format."""
+v0.2 one (450M) and the tiled one (main): they load with every tensor assigned, train with GradES, and export
+back unchanged where training did not touch them; the tiled prompt layout; the 222m preset against the 222M
+format."""
 from __future__ import annotations
 
 import json
@@ -91,8 +92,8 @@ def v02_config(tokenizer: Path, vocab: int) -> dict:
     template, IMAGE_TOKEN_LENGTH / TOTAL_SEQUENCE_LENGTH deciding lm_max_length."""
     c = v01_config(tokenizer, vocab)
     c.update({"lm_base_vocab_size": vocab - 1, "extra_token_amount": 1, "IMAGE_TOKEN_LENGTH": 4,
-              "TOTAL_SEQUENCE_LENGTH": 128, "lm_max_length": 124, "lm_model_type": "HuggingFaceTB/SmolLM2-360M-Instruct",
-              "mp_image_token_length": 4, "vlm_extra_tokens": {"image_token": "<|image|>"}})
+              "TOTAL_SEQUENCE_LENGTH": 128, "lm_max_length": 124, "mp_image_token_length": 4,
+              "lm_model_type": "HuggingFaceTB/SmolLM2-360M-Instruct", "vlm_extra_tokens": {"image_token": "<|image|>"}})
     return c
 
 
