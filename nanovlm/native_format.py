@@ -18,6 +18,8 @@ Four pipelines share the weight names and differ in how images reach the prompt:
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,7 @@ TRAINING_FIELDS = {
 }
 KNOWN_FIELDS = MODEL_FIELDS | PIPELINE_FIELDS | TRAINING_FIELDS
 ROTARY_BUFFER = "decoder.rotary_embd.inv_freq"
+_TILE_KEY = re.compile(r"r[1-9]\d*c[1-9]\d*")
 
 # the JSON type each field this code reads must have (ints are numbers too; booleans are not ints)
 _POSITIVE_INTS = ("vit_hidden_dim", "vit_inter_dim", "vit_patch_size", "vit_img_size", "vit_n_heads", "vit_n_blocks",
@@ -77,8 +80,6 @@ def _has_type(value: Any, kind: str) -> bool:
 
 def check_field_types(raw: dict, source: str) -> None:
     """CheckpointError "<source>: field <name> must be a <type>, got <value>" for the first mistyped field."""
-    import json
-
     for name, kind in FIELD_TYPES.items():
         if name in raw and not _has_type(raw[name], kind):
             article = "an" if kind[0] in "aeiou" else "a"
@@ -161,6 +162,10 @@ def translate_config(raw: dict, source: str = "config.json") -> tuple[VLMConfig,
                           chat_template=raw.get("lm_chat_template"), eos_token_id=raw.get("lm_eos_token_id"))
     if kind == "tiled" and not pipe.chat_template:
         raise bad("lm_chat_template missing (the tiled pipeline formats prompts with it)")
+    for key in extra:   # a token this code would not place (nanoVLM had <|image_start|>/<|image_end|> once)
+        tile_key = key == "global_image_token" or _TILE_KEY.fullmatch(key)
+        if key != "image_token" and not (kind == "tiled" and tile_key):
+            raise bad(f"vlm_extra_tokens {key} is not placed by the {kind} pipeline this code reproduces")
     if kind == "tiled":
         m, p = int(raw["max_img_size"]), cfg.vit_img_size
         if m < p or m % p:

@@ -67,6 +67,17 @@ def test_v02_checkpoint_loads_with_the_v02_prompt_layout(bytelevel, tmp_path):
     assert item["pixel_values"].shape == (1, 3, 32, 32) and float(item["pixel_values"].max()) <= 1.0
 
 
+def test_an_extra_token_the_pipeline_does_not_place_is_refused(bytelevel, tmp_path, capsys):
+    """An image-token checkpoint with <|image_start|>/<|image_end|> (a nanoVLM commit between v0.1 and v0.2)
+    would silently get a prompt without them."""
+    cfg = v02_config(bytelevel, BASE_VOCAB + 3)
+    cfg["vlm_extra_tokens"] = {"image_token": "<|image|>", "boi_token": "<|image_start|>", "eoi_token": "<|image_end|>"}
+    folder = write_checkpoint(tmp_path / "boi", cfg)
+    assert main(["components", "--model", "nanovlm", "--model-path", str(folder)]) == 2
+    assert capsys.readouterr().err.endswith(f"{folder / 'config.json'}: vlm_extra_tokens boi_token is not placed by "
+                                            "the v0.2 pipeline this code reproduces\n")
+
+
 def test_v01_target_follows_the_prompt_without_a_space(bytelevel, tmp_path):
     """nanoVLM v0.1's collator trains f"{prompt}{answer}": "Answer:red", not "Answer: red"."""
     adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "v01", v01_config(bytelevel, BASE_VOCAB)))
