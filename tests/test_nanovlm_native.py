@@ -22,7 +22,7 @@ from vlm_grades.cli import main
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
 from vlm_grades.models.nanovlm import NanoVLMAdapter
-from vlm_grades.models.nanovlm_native import NativeNanoVLMAdapter
+from vlm_grades.models.nanovlm_native import NativeNanoVLMAdapter, load_nanovlm
 
 CHAT = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
         "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -158,7 +158,7 @@ def checkpoint(request, tok, tmp_path) -> tuple[str, Path]:
 # ----------------------------------------------------------------------------------------------- loading
 def test_every_tensor_is_assigned_and_none_unused(checkpoint):
     kind, folder = checkpoint
-    adapter = NanoVLMAdapter.load(folder)
+    adapter = load_nanovlm(folder)
     assert isinstance(adapter, NativeNanoVLMAdapter) and adapter.pipe.kind == kind
     file = load_file(str(folder / "model.safetensors"))
     assert sorted(file) == sorted(nanovlm_names(2, 2))
@@ -176,7 +176,7 @@ def test_every_tensor_is_assigned_and_none_unused(checkpoint):
 def test_missing_or_unused_tensor_is_a_one_line_error(tok, tmp_path, drop, extra, match):
     folder = write_checkpoint(tmp_path / "bad", v01_config(tok, vocab(tok, False)), drop=drop, extra=extra)
     with pytest.raises(UserError, match=match):
-        NanoVLMAdapter.load(folder)
+        load_nanovlm(folder)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -201,7 +201,7 @@ def test_offline_hub_id_is_a_one_line_error(monkeypatch):
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="lusxvr/nanoVLM-222M: not a local folder"):
-        NanoVLMAdapter.load("lusxvr/nanoVLM-222M")
+        load_nanovlm("lusxvr/nanoVLM-222M")
 
 
 @pytest.mark.parametrize("path", ["runs/foo", "./owner/name", "/no/such/dir", "~/nope/x"])
@@ -214,13 +214,13 @@ def test_missing_local_path_is_not_tried_on_the_hub(tmp_path, monkeypatch, path)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     with pytest.raises(UserError, match=f"^--model-path: {re.escape(path)}: no such folder$"):
-        NanoVLMAdapter.load(path)
+        load_nanovlm(path)
 
 
 # ----------------------------------------------------------------------------------------------- prompts
 def test_tiled_prompt_layout_for_2x2_tiles(tok, tmp_path):
     cfg = tiled_config(tok, vocab(tok, True))
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "t", cfg))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "t", cfg))
     image = Image.new("RGB", (64, 60), (200, 30, 30))          # -> 64x64 -> 2x2 tiles of 32 + a global view
     sample = Sample(id="q1", image=image, prompt="what color is the shape ?", targets=["red"], task="easyvqa")
     item = adapter.preprocess(sample, train=True)
@@ -242,7 +242,7 @@ def test_tiled_prompt_layout_for_2x2_tiles(tok, tmp_path):
 
 
 def test_v01_prompt_puts_the_image_first(tok, tmp_path):
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "v", v01_config(tok, vocab(tok, False))))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "v", v01_config(tok, vocab(tok, False))))
     sample = Sample(id="q", image=Image.new("RGB", (50, 40)), prompt="question : what shape ? answer :",
                     targets=["circle"], task="easyvqa")
     item = adapter.preprocess(sample, train=True)
@@ -258,7 +258,7 @@ def test_image_token_pipeline_with_a_chat_template(tok, tmp_path):
     cfg = tiled_config(tok, vocab(tok, False) + 1)
     del cfg["max_img_size"], cfg["resize_to_max_side_len"]
     cfg["vlm_extra_tokens"], cfg["extra_token_amount"] = {"image_token": "<|image|>"}, 1
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "m", cfg))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "m", cfg))
     assert adapter.pipe.kind == "image-token"
     item = adapter.preprocess(Sample(id="q", image=Image.new("RGB", (70, 30)), prompt="what shape ?",
                                      targets=["circle"], task="easyvqa"), train=False)
@@ -295,7 +295,7 @@ def test_train_with_grades_then_export_round_trips(checkpoint, tmp_path, capsys)
     with safe_open(str(out / "model.safetensors"), "pt") as a, safe_open(str(folder / "model.safetensors"), "pt") as b:
         assert a.metadata() == b.metadata()
     # the export loads again as a nanoVLM checkpoint, with the trained weights
-    again = NanoVLMAdapter.load(out)
+    again = load_nanovlm(out)
     assert torch.equal(again.model.MP.proj.weight, after["MP.proj.weight"])
     assert main(["export", str(run), "--format", "nanovlm", "--out", str(out)]) == 2
     # eval and report read the run like any nanoVLM run

@@ -16,7 +16,7 @@ from test_nanovlm_native import v01_config, v02_config, write_checkpoint, write_
 from vlm_grades.cli import main
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
-from vlm_grades.models.nanovlm import NanoVLMAdapter
+from vlm_grades.models.nanovlm_native import load_nanovlm
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<filename>"]
 WORDS = ["Question", "Answer", "what", "color", "is", "the", "shape", "?", ":", "red", "circle"]
@@ -54,7 +54,7 @@ def red_sample() -> Sample:
 def test_v02_checkpoint_loads_with_the_v02_prompt_layout(bytelevel, tmp_path):
     """nanoVLM v0.2 (nanoVLM-450M): <|image|> x 64 (here 4) then "Question: ... Answer:", no chat template; its
     collator tokenizes f"{image tokens}{text}{answer}{eos}" and trains on what follows the prompt."""
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "v02", v02_config(bytelevel, BASE_VOCAB + 1)))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "v02", v02_config(bytelevel, BASE_VOCAB + 1)))
     assert adapter.pipe.kind == "v0.2" and adapter.cfg.mp_image_token_length == 4
     tok = adapter.tokenizer
     item = adapter.preprocess(red_sample(), train=True)
@@ -80,7 +80,7 @@ def test_an_extra_token_the_pipeline_does_not_place_is_refused(bytelevel, tmp_pa
 
 def test_v01_target_follows_the_prompt_without_a_space(bytelevel, tmp_path):
     """nanoVLM v0.1's collator trains f"{prompt}{answer}": "Answer:red", not "Answer: red"."""
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "v01", v01_config(bytelevel, BASE_VOCAB)))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "v01", v01_config(bytelevel, BASE_VOCAB)))
     assert adapter.pipe.kind == "v0.1"
     item = adapter.preprocess(red_sample(), train=True)
     tok = adapter.tokenizer
@@ -94,7 +94,7 @@ def test_v01_target_follows_the_prompt_without_a_space(bytelevel, tmp_path):
 def test_v01_target_with_the_smollm2_tokenizer(tmp_path):
     """With SmolLM2's own tokenizer the answer is "red" (455), not " red" (2382)."""
     folder = write_checkpoint(tmp_path / "v01", v01_config(smollm2_cache_dir(), 49152))
-    adapter = NanoVLMAdapter.load(folder)
+    adapter = load_nanovlm(folder)
     item = adapter.preprocess(red_sample(), train=True)
     assert item["input_ids"][-3:] == [42, 455, 0] and item["labels"][-3:] == [-100, 455, 0]   # ":" red <eos>
 
@@ -169,7 +169,7 @@ def test_unreachable_hub_fails_after_one_short_try(no_tokenizer, monkeypatch):
     monkeypatch.setattr(c, "ENDPOINT", "http://127.0.0.1:9")     # nothing listens on the discard port
     start = time.monotonic()
     with pytest.raises(UserError) as e:
-        NanoVLMAdapter.load(no_tokenizer)
+        load_nanovlm(no_tokenizer)
     assert time.monotonic() - start < 10
     assert str(e.value).startswith(_offline_message(no_tokenizer) + "http://127.0.0.1:9 cannot be reached")
 
@@ -183,14 +183,14 @@ def test_the_named_fixes_work(no_tokenizer, words, tmp_path, monkeypatch):
     cfg = json.loads((no_tokenizer / "config.json").read_text())
     cfg["lm_tokenizer"] = str(words)                                   # lm_tokenizer names a folder
     (no_tokenizer / "config.json").write_text(json.dumps(cfg))
-    assert NanoVLMAdapter.load(no_tokenizer).pipe.tokenizer == str(words)
+    assert load_nanovlm(no_tokenizer).pipe.tokenizer == str(words)
     cfg["lm_tokenizer"] = "./tokenizers/cosmo2"                        # a path that is not there
     (no_tokenizer / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match=r"lm_tokenizer \./tokenizers/cosmo2: no such folder"):
-        NanoVLMAdapter.load(no_tokenizer)
+        load_nanovlm(no_tokenizer)
     for name in ("tokenizer.json", "tokenizer_config.json"):           # the tokenizer files beside the weights
         shutil.copy(words / name, no_tokenizer / name)
-    assert NanoVLMAdapter.load(no_tokenizer).pipe.kind == "v0.1"
+    assert load_nanovlm(no_tokenizer).pipe.kind == "v0.1"
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -216,5 +216,5 @@ def test_unreachable_hub_model_id_fails_after_one_short_try(monkeypatch):
     start = time.monotonic()
     with pytest.raises(UserError, match=r"^--model-path: lusxvr/nanoVLM-450M: not a local folder, and the Hugging "
                                         r"Face hub cannot serve it \(http://127\.0\.0\.1:9 cannot be reached"):
-        NanoVLMAdapter.load("lusxvr/nanoVLM-450M")
+        load_nanovlm("lusxvr/nanoVLM-450M")
     assert time.monotonic() - start < 10

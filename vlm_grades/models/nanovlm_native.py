@@ -19,8 +19,8 @@ from nanovlm.weights import check_state_dict
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.models.hub import hub_id
-from vlm_grades.models.named_tokenizer import hub_unreachable, load_named_tokenizer
-from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter, _load_tokenizer
+from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter
+from vlm_grades.models.tokenizer_loading import hub_unreachable, load_named_tokenizer, load_tokenizer
 
 NATIVE_FILE = "nanovlm_native.json"     # beside vlm-grades' own save: the original config, dtypes, header
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -57,11 +57,23 @@ def resolve(source: str) -> Path:
     return Path(files[0]).parent
 
 
+def load_nanovlm(source: str | Path) -> NanoVLMAdapter:
+    """Any nanoVLM folder: one vlm-grades saved (from a preset or from a nanoVLM checkpoint), or a
+    checkpoint in nanoVLM's own format (folder or hub id)."""
+    path = Path(source)   # str(source) keeps the user's spelling for messages: Path drops a leading "./"
+    raw = read_config(path) if path.is_dir() else None
+    if not path.exists() or nf.is_native_config(raw):
+        return NativeNanoVLMAdapter.load_native(str(source))
+    if (path / NATIVE_FILE).is_file():
+        return NativeNanoVLMAdapter.load_saved(path, *NanoVLMAdapter.load_parts(path))
+    return NanoVLMAdapter.load(path)
+
+
 def _tokenizer(folder: Path, pipe: nf.NativePipeline) -> PreTrainedTokenizerBase:
     """The checkpoint folder's own tokenizer files, else lm_tokenizer (a folder, the Hugging Face cache, or
     the hub when it answers), with the pipeline's extra tokens added in nanoVLM's order."""
     own = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
-    tok = _load_tokenizer(str(folder)) if own else load_named_tokenizer(pipe.tokenizer, folder, str(folder / CONFIG))
+    tok = load_tokenizer(str(folder)) if own else load_named_tokenizer(pipe.tokenizer, folder, str(folder / CONFIG))
     missing = [t for t in pipe.extra_tokens.values() if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)

@@ -1,7 +1,8 @@
-"""The tokenizer a nanoVLM config names in lm_tokenizer, for a checkpoint folder without tokenizer files
-(nanoVLM's save_pretrained writes none): a local folder, else the Hugging Face cache, else the hub, but only
-after one short request shows the hub answers. transformers would otherwise retry every file for minutes
-on a machine without network and end with a cut-off message."""
+"""Loading the bundled nanoVLM's tokenizers. A folder or hub id as given (`load_tokenizer`), and the tokenizer
+a nanoVLM config names in lm_tokenizer for a checkpoint folder without tokenizer files (nanoVLM's
+save_pretrained writes none): a local folder, else the Hugging Face cache, else the hub, but only after one
+short request shows the hub answers. transformers would otherwise retry every file for minutes on a machine
+without network and end with a cut-off message."""
 from __future__ import annotations
 
 import re
@@ -10,10 +11,17 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from vlm_grades.errors import UserError
-from vlm_grades.models.nanovlm import _load_tokenizer
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PROBE_TIMEOUT_S = 5.0
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """A fast tokenizer from a folder or hub id; UserError naming `source` when it cannot be loaded."""
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(source)
+    except Exception as e:  # noqa: BLE001 - any loader failure is a bad path from the user's side
+        raise UserError(f"{source}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def hub_unreachable(repo_id: str) -> str | None:
@@ -36,7 +44,7 @@ def load_named_tokenizer(name: str, folder: Path, config_file: str) -> PreTraine
     neither a folder, nor cached, nor reachable."""
     local = Path(name).expanduser()
     if local.is_dir():
-        return _load_tokenizer(str(local))
+        return load_tokenizer(str(local))
     if not _HUB_ID.fullmatch(name) or name.startswith((".", "/", "~")):
         raise UserError(f"{config_file}: lm_tokenizer {name}: no such folder, and {folder} has no tokenizer.json")
     try:
@@ -49,4 +57,4 @@ def load_named_tokenizer(name: str, folder: Path, config_file: str) -> PreTraine
             f"{config_file}: the checkpoint has no tokenizer files and lm_tokenizer {name} is not in the Hugging "
             f"Face cache and cannot be fetched ({why}); put tokenizer.json and tokenizer_config.json of {name} "
             f"into {folder}, or set lm_tokenizer in config.json to a folder that holds them")
-    return _load_tokenizer(name)
+    return load_tokenizer(name)
