@@ -151,8 +151,9 @@ def test_hf_hub_offline_fails_at_once_naming_the_tokenizer_and_the_fix(no_tokeni
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     start = time.monotonic()
-    rc = main(["train", "--model", "nanovlm", "--model-path", str(no_tokenizer), "--steps", "4", "--no-progress",
-               "--out", str(no_tokenizer.parent / "run")])
+    # a data path that does not exist: the tokenizer is checked with the settings, before the data is read
+    rc = main(["train", "--model", "nanovlm", "--model-path", str(no_tokenizer), "--task", "vqav2", "--data",
+               str(no_tokenizer.parent / "no-data"), "--no-progress", "--out", str(no_tokenizer.parent / "run")])
     err = capsys.readouterr().err
     assert time.monotonic() - start < 10
     assert rc == 2 and len(err.strip().splitlines()) == 1, err

@@ -391,7 +391,10 @@ def _check_native_nanovlm(model_path: str) -> None:
     except (OSError, ValueError):
         return  # the loader reports it with the rest of the folder
     if is_native_config(raw):
+        from vlm_grades.models.tokenizer_loading import check_checkpoint_tokenizer
+
         try:
-            translate_config(raw, str(f))
+            pipe = translate_config(raw, str(f))[1]
         except ValueError as e:
             raise UserError(f"--model-path: {e}") from None
+        check_checkpoint_tokenizer(f.parent, pipe.tokenizer, str(f))   # offline: now, not after the data

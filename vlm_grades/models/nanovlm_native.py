@@ -20,7 +20,7 @@ from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.models.hub import hub_id
 from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter
-from vlm_grades.models.tokenizer_loading import hub_unreachable, load_named_tokenizer, load_tokenizer
+from vlm_grades.models.tokenizer_loading import hub_unreachable, load_checkpoint_tokenizer
 
 NATIVE_FILE = "nanovlm_native.json"     # beside vlm-grades' own save: the original config, dtypes, header
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -72,8 +72,7 @@ def load_nanovlm(source: str | Path) -> NanoVLMAdapter:
 def _tokenizer(folder: Path, pipe: nf.NativePipeline) -> PreTrainedTokenizerBase:
     """The checkpoint folder's own tokenizer files, else lm_tokenizer (a folder, the Hugging Face cache, or
     the hub when it answers), with the pipeline's extra tokens added in nanoVLM's order."""
-    own = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
-    tok = load_tokenizer(str(folder)) if own else load_named_tokenizer(pipe.tokenizer, folder, str(folder / CONFIG))
+    tok = load_checkpoint_tokenizer(folder, pipe.tokenizer, str(folder / CONFIG))
     missing = [t for t in pipe.extra_tokens.values() if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
