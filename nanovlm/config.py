@@ -6,6 +6,7 @@ Defaults are the `tiny` preset (trains in minutes on 2 CPU cores). `VLMConfig.pr
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,8 @@ class VLMConfig:
                 raise ValueError(f"VLMConfig: {msg}")
 
         for f in dataclasses.fields(self):     # types first: the checks below fail obscurely on a string
-            wrong = _wrong_type(f.name, f.type, getattr(self, f.name))
+            kind = "id" if f.name.endswith("_token_id") else f.type
+            wrong = wrong_type(f.name, kind, getattr(self, f.name)) if kind in EXPECTED else None
             need(wrong is None, wrong or "")
         need(self.vit_stem in ("patch", "conv"), f"vit_stem must be 'patch' or 'conv', got {self.vit_stem!r}")
         need(self.vit_patch_size >= 1 and self.vit_img_size % self.vit_patch_size == 0,
@@ -103,20 +105,32 @@ class VLMConfig:
         return cls(**d)
 
 
-def _wrong_type(name: str, kind: str, value: Any) -> str | None:
-    """What is wrong with a field's value given its annotation ("int": positive, token ids >= 0), or None."""
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if kind == "int":
-        lowest = 0 if name.endswith("_token_id") else 1
-        if not (is_int and value >= lowest):
-            return f"{name} must be {'an integer >= 0' if lowest == 0 else 'a positive integer'}, got {value!r}"
-    elif kind == "float" and not (is_int or isinstance(value, float)):
-        return f"{name} must be a number, got {value!r}"
-    elif kind == "bool" and not isinstance(value, bool):
-        return f"{name} must be true or false, got {value!r}"
-    elif kind == "str" and not isinstance(value, str):
-        return f"{name} must be a string, got {value!r}"
-    return None
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# JSON value kinds of config fields: what each must be, and the test
+EXPECTED = {"int": "a positive integer", "id": "an integer >= 0", "float": "a number", "bool": "true or false",
+            "str": "a string", "tokens": "an object of strings"}
+_HAS_KIND = {
+    "int": lambda v: _is_int(v) and v >= 1,
+    "id": lambda v: _is_int(v) and v >= 0,
+    "float": lambda v: _is_int(v) or isinstance(v, float),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "tokens": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+}
+
+
+def wrong_type(name: str, kind: str, value: Any) -> str | None:
+    """"<name> must be <what kind asks>, got <value as JSON>" when `value` is not of `kind`, else None."""
+    if _HAS_KIND[kind](value):
+        return None
+    try:
+        shown = json.dumps(value)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    return f"{name} must be {EXPECTED[kind]}, got {shown}"
 
 
 _SMOLLM2_135M = dict(

@@ -10,22 +10,21 @@ Four pipelines share the weight names and differ in how images reach the prompt:
   then the text, no chat template, trained on f"{image tokens}{prompt}{answer}{eos}". Its configs have
   vlm_extra_tokens {"image_token": ...}, no lm_chat_template, and IMAGE_TOKEN_LENGTH / TOTAL_SEQUENCE_LENGTH
   (which only set nanoVLM's lm_max_length).
-- "image-token" (main after v0.2, before the tiles): as v0.2, but the image tokens and the prompt form the first user
-  message of lm_chat_template.
+- "image-token" (main after v0.2, before the tiles): as v0.2, but the image tokens and the prompt form the
+  first user message of lm_chat_template.
 - "tiled" (main since mid 2025): the image is resized to multiples of vit_img_size (at most max_img_size),
   cut into tiles, each preceded by a `<row_i_col_j>` token; with `global_image_token`, a global view
   (the whole image at vit_img_size) comes first.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from nanovlm.config import VLMConfig
+from nanovlm.config import VLMConfig, wrong_type
 from nanovlm.errors import CheckpointError
 
 # config fields that decide the weights' shapes or the forward pass
@@ -49,41 +48,29 @@ KNOWN_FIELDS = MODEL_FIELDS | PIPELINE_FIELDS | TRAINING_FIELDS
 ROTARY_BUFFER = "decoder.rotary_embd.inv_freq"
 _TILE_KEY = re.compile(r"r[1-9]\d*c[1-9]\d*")
 
-# the JSON type each field this code reads must have (ints are numbers too; booleans are not ints)
+# the kind of JSON value each field this code reads must hold (nanovlm.config.EXPECTED); null stands for
+# "absent" only where the field is optional
 _POSITIVE_INTS = ("vit_hidden_dim", "vit_inter_dim", "vit_patch_size", "vit_img_size", "vit_n_heads", "vit_n_blocks",
                   "lm_hidden_dim", "lm_inter_dim", "lm_max_position_embeddings", "lm_vocab_size", "lm_n_heads",
                   "lm_n_kv_heads", "lm_n_blocks", "mp_pixel_shuffle_factor", "mp_image_token_length", "max_img_size")
-FIELD_TYPES: dict[str, str] = {
-    **{name: "positive integer" for name in _POSITIVE_INTS},
-    "lm_eos_token_id": "integer", "lm_base_vocab_size": "integer", "extra_token_amount": "integer",
-    **{name: "number" for name in ("vit_dropout", "vit_ln_eps", "lm_rms_eps", "lm_re_base", "lm_dropout",
-                                   "lm_attn_scaling")},
-    **{name: "boolean" for name in ("vit_cls_flag", "lm_use_tokens", "lm_tie_weights", "resize_to_max_side_len")},
-    "lm_tokenizer": "string", "lm_chat_template": "string", "vlm_extra_tokens": "object of strings",
+FIELD_KINDS: dict[str, str] = {
+    **{name: "int" for name in _POSITIVE_INTS},
+    "lm_eos_token_id": "id", "lm_base_vocab_size": "id", "extra_token_amount": "id",
+    **{name: "float" for name in ("vit_dropout", "vit_ln_eps", "lm_rms_eps", "lm_re_base", "lm_dropout",
+                                  "lm_attn_scaling")},
+    **{name: "bool" for name in ("vit_cls_flag", "lm_use_tokens", "lm_tie_weights", "resize_to_max_side_len")},
+    "lm_tokenizer": "str", "lm_chat_template": "str", "vlm_extra_tokens": "tokens",
 }
-
-
-def _has_type(value: Any, kind: str) -> bool:
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if kind == "positive integer":
-        return is_int and value >= 1
-    if kind == "integer":
-        return is_int
-    if kind == "number":
-        return is_int or isinstance(value, float)
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "string":
-        return isinstance(value, str)
-    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())   # object of strings
+OPTIONAL_FIELDS = {"lm_eos_token_id", "lm_chat_template", "vlm_extra_tokens"}
 
 
 def check_field_types(raw: dict, source: str) -> None:
-    """CheckpointError "<source>: field <name> must be a <type>, got <value>" for the first mistyped field."""
-    for name, kind in FIELD_TYPES.items():
-        if name in raw and not _has_type(raw[name], kind):
-            article = "an" if kind[0] in "aeiou" else "a"
-            raise CheckpointError(f"{source}: field {name} must be {article} {kind}, got {json.dumps(raw[name])}")
+    """CheckpointError "<source>: field <name> must be <kind>, got <value>" for the first mistyped field."""
+    for name, kind in FIELD_KINDS.items():
+        if name in raw and not (raw[name] is None and name in OPTIONAL_FIELDS):
+            wrong = wrong_type(name, kind, raw[name])
+            if wrong:
+                raise CheckpointError(f"{source}: field {wrong}")
 
 
 def is_native_config(raw: Any) -> bool:

@@ -110,7 +110,7 @@ def words(tmp_path_factory) -> Path:
     ("vit_hidden_dim", "wide", 'field vit_hidden_dim must be a positive integer, got "wide"'),
     ("vit_n_heads", 0, "field vit_n_heads must be a positive integer, got 0"),
     ("lm_n_blocks", 2.5, "field lm_n_blocks must be a positive integer, got 2.5"),
-    ("lm_tie_weights", "yes", 'field lm_tie_weights must be a boolean, got "yes"'),
+    ("lm_tie_weights", "yes", 'field lm_tie_weights must be true or false, got "yes"'),
     ("lm_re_base", True, "field lm_re_base must be a number, got true"),
     ("lm_tokenizer", 7, "field lm_tokenizer must be a string, got 7"),
     ("vlm_extra_tokens", ["<|image|>"], 'field vlm_extra_tokens must be an object of strings, got ["<|image|>"]'),
@@ -194,10 +194,15 @@ def test_the_named_fixes_work(no_tokenizer, words, tmp_path, monkeypatch):
     assert load_nanovlm(no_tokenizer).pipe.kind == "v0.1"
 
 
+def test_optional_fields_may_be_null(words, tmp_path):
+    cfg = {**v01_config(words, 40), "lm_chat_template": None, "vlm_extra_tokens": None, "lm_eos_token_id": None}
+    assert load_nanovlm(write_checkpoint(tmp_path / "nulls", cfg)).pipe.kind == "v0.1"
+
+
 @pytest.mark.parametrize("field,value,message", [
-    ("vit_hidden_dim", "wide", "VLMConfig: vit_hidden_dim must be a positive integer, got 'wide'"),
+    ("vit_hidden_dim", "wide", 'VLMConfig: vit_hidden_dim must be a positive integer, got "wide"'),
     ("lm_n_heads", 0, "VLMConfig: lm_n_heads must be a positive integer, got 0"),
-    ("lm_rms_eps", None, "VLMConfig: lm_rms_eps must be a number, got None"),
+    ("lm_rms_eps", None, "VLMConfig: lm_rms_eps must be a number, got null"),
     ("lm_tie_weights", 1, "VLMConfig: lm_tie_weights must be true or false, got 1"),
     ("image_token_id", -1, "VLMConfig: image_token_id must be an integer >= 0, got -1"),
 ])
