@@ -193,9 +193,10 @@ class NativeNanoVLMAdapter(NanoVLMAdapter):
             if self.pipe.kind in ("v0.1", "v0.2"):
                 # nanoVLM's collator tokenizes f"{prompt}{answer}{eos}" as one text (no space before the
                 # answer: "Answer:red") and trains on the tokens past the prompt's own token count
-                n = self.cfg.mp_image_token_length
+                images = prompt[: self.cfg.mp_image_token_length]
+                n_prompt = len(prompt) - len(images)
                 text = self._ids(sample.prompt + target) + [self.cfg.eos_token_id]
-                prompt, answer = prompt[:n] + text[:len(prompt) - n], text[len(prompt) - n:]
+                prompt, answer = images + text[:n_prompt], text[n_prompt:]
             else:
                 answer = self._ids(target) + [self.cfg.eos_token_id]   # the chat template ends with a newline
             item["input_ids"] = (prompt + answer)[: self.max_length]
