@@ -5,15 +5,14 @@ short request shows the hub answers. transformers would otherwise retry every fi
 without network and end with a cut-off message."""
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from vlm_grades.errors import UserError
+from vlm_grades.models.hub import hub_id
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -63,8 +62,7 @@ def _local_or_hub_id(name: str, folder: Path, config_file: str) -> Path | None:
     local = Path(name).expanduser()
     if local.is_dir():
         return local
-    if not _HUB_ID.fullmatch(name) or name.startswith((".", "/", "~")):
-        raise UserError(f"{config_file}: lm_tokenizer {name}: no such folder, and {folder} has no tokenizer.json")
+    hub_id(name, f"{config_file}: lm_tokenizer")     # "no such folder" for a path that is not there
     return None
 
 
