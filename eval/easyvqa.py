@@ -9,12 +9,15 @@ import json
 from typing import Any
 
 from eval.formats import mean100
-from eval.gqa import preprocess  # the same exact-match preprocessing as GQA
 from vlm_grades.data.easyvqa import COLORS, SHAPES, answer_kind  # the data set's vocabulary, one place
 from vlm_grades.errors import UserError
 
 TASK = "easyvqa"
 SPLITS = ("test", "train")
+
+
+def preprocess(prediction: str) -> str:
+    return prediction.strip().rstrip(".").strip().lower()
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],

@@ -2,23 +2,35 @@
 binary and open ("open" when the structural type is "query"), and per structural and semantic type.
 
 The official script compares the strings as they are (prediction == answer): the default. `lmms_eval=True`
-first applies lmms-eval's (and LLaVA's) preprocessing to the prediction: strip, drop trailing periods, lowercase.
+compares as lmms-eval (every release from 0.3 to 0.7.3) does: its `exact_match` with gqa.yaml's ignore_case
+and ignore_punctuation, after its strip of the generated text: the prediction is stripped, then prediction
+and answer are lowercased and every `string.punctuation` character is removed from both.
 """
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any
 
 from eval.formats import mean100
+from eval.vqav2 import LMMS_EVAL_VERSION
 from vlm_grades.errors import UserError
 
 TASK = "gqa"
 PROTOCOLS = {"official": "official (prediction == answer)",
-             "lmms-eval": "lmms-eval (prediction stripped, trailing periods dropped, lowercased)"}
+             "lmms-eval": f"lmms-eval {LMMS_EVAL_VERSION} (exact_match after stripping the prediction, "
+                          f"ignore_case, ignore_punctuation)"}
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-def preprocess(prediction: str) -> str:
-    return prediction.strip().rstrip(".").strip().lower()
+def lmms_eval_form(text: str) -> str:
+    """lmms-eval's ignore_case and ignore_punctuation: lowercase, then every string.punctuation character gone."""
+    return text.lower().translate(_NO_PUNCTUATION)
+
+
+def lmms_eval_match(prediction: str, answer: str) -> bool:
+    """lmms-eval strips the generated text (not the answer) before its exact_match."""
+    return lmms_eval_form(prediction.strip()) == lmms_eval_form(answer)
 
 
 def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
@@ -31,8 +43,8 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
     for qid, ref in references.items():
         if not ref["is_balanced"]:
             continue
-        pred = preprocess(predictions[qid]) if lmms_eval else predictions[qid]
-        correct = 1.0 if pred == ref["answer"] else 0.0
+        pred, answer = predictions[qid], ref["answer"]
+        correct = 1.0 if (lmms_eval_match(pred, answer) if lmms_eval else pred == answer) else 0.0
         per_sample[qid] = correct
         split["open" if ref["structural"] == "query" else "binary"].append(correct)
         structural.setdefault(ref["structural"] or "unknown", []).append(correct)
@@ -46,6 +58,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         "n": len(per_sample), "n_binary": len(split["binary"]), "n_open": len(split["open"]),
         "unbalanced_skipped": sum(1 for r in references.values() if not r["is_balanced"]),
         "protocol": "lmms-eval" if lmms_eval else "official",
+        **({"lmms_eval_version": LMMS_EVAL_VERSION} if lmms_eval else {}),
     }
     return summary, per_sample
 

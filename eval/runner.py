@@ -188,14 +188,13 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
     keys, texts, generation = _generate_keyed(adapter, samples, task, batch_size, max_new_tokens, num_workers,
                                               progress, feature_cache)
     predictions = dict(zip(keys, texts))
-
-    result, per_sample = score_predictions(task, predictions, references, pred_name=f"{task} generation",
-                                           ref_name=f"{task} samples", **score_options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"predictions": out / f"{task}_predictions.json", "samples": out / f"{task}_samples.jsonl",
              "scores": out / f"{task}_scores.json"}
-    formats.write_predictions(task, predictions, files["predictions"])
+    formats.write_predictions(task, predictions, files["predictions"])   # kept whatever scoring does
+    result, per_sample = score_predictions(task, predictions, references, pred_name=f"{task} generation",
+                                           ref_name=f"{task} samples", **score_options)
     _write_samples(files["samples"], (_sample_record(task, s, k, text, references, per_sample)
                                       for s, k, text in zip(samples, keys, texts)))
     result["generation"] = generation
@@ -233,7 +232,7 @@ def predict(adapter, samples: list, task: str, out_dir: str | Path, batch_size: 
     formats.write_predictions(task, submission, files["submission"])
     _write_samples(files["samples"], ({"id": s.id, "prompt": s.prompt, "prediction": text}
                                       for s, text in zip(samples, texts)))
-    answered = sum(1 for k in ids if k in predictions)
+    answered = sum(1 for k in ids if submission[k].strip())    # an empty generation is no answer
     return {"task": task, "n": len(samples), "scored": False, "generation": generation,
             "submission": {"questions": len(ids), "answered": answered, "empty": len(ids) - answered},
             "files": {k: str(v) for k, v in files.items()}}

@@ -1,12 +1,13 @@
-"""VQAv2 accuracy, exactly as the official evaluator (GT-Vision-Lab/VQA, vqaEval.py) computes it.
+r"""VQAv2 accuracy, exactly as the official evaluator (GT-Vision-Lab/VQA, vqaEval.py) computes it.
 
 Per question: the mean over the ten leave-one-out subsets of the human answers of
 min(1, matches among the other nine / 3). Answers and prediction are stripped (newlines and tabs
 become spaces); only when the ten answers are not all identical do both go through the official
 normalization (punctuation, periods, lowercase, number words, articles, contractions).
-`lmms_eval=True` follows lmms-eval's vqav2_process_results instead, which differs in one place: the
-prediction always goes through its EvalAI answer processor first (so "Yes" matches ten "yes", but
-"two" no longer matches ten "two": it became "2"); the answers are treated as officially.
+`lmms_eval=True` follows `vqav2_process_results` of lmms-eval 0.7.3 (its rule since 0.5.0): the
+prediction and every one of the ten answers always go through its process_punctuation and
+process_digit_article (so "Yes" matches ten "yes" and "two" matches ten "two"), with EvalAI's comma
+rule `(?<=\d)(,)+(?=\d)` in place of the official `(\d)(,)(\d)` ("1,,000" becomes "1000").
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from eval.formats import mean100
 from vlm_grades.errors import UserError
 
 TASK = "vqav2"
+LMMS_EVAL_VERSION = "0.7.3"   # the rule of every release from 0.5.0 on
 PROTOCOLS = {"official": "official (answers and prediction normalized only when the ten answers differ)",
-             "lmms-eval": "lmms-eval (prediction always normalized, the ten answers only when they differ)"}
+             "lmms-eval": f"lmms-eval {LMMS_EVAL_VERSION} (prediction and all ten answers always normalized, "
+                          f"EvalAI's comma rule)"}
 PRED_FIELDS = ("question_id", "answer")
 
 # --- the official normalization -------------------------------------------------------------------
@@ -34,6 +37,7 @@ ARTICLES = {"a", "an", "the"}
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 PERIOD_STRIP_COUNT = int(re.UNICODE)  # 32
 COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(,)+(?=\d)")   # lmms-eval's (EvalAI's): also "1,,000"
 _ANY_PUNCT = re.compile("[" + re.escape("".join(PUNCT)) + ".]")
 
 
@@ -49,13 +53,14 @@ def _load_contractions() -> dict[str, str]:
 CONTRACTIONS = _load_contractions()
 
 
-def process_punctuation(text: str) -> str:
+def process_punctuation(text: str, comma: re.Pattern = COMMA_STRIP) -> str:
     """Each punctuation mark is deleted if it touches a space anywhere in the text (or the text has a
-    digit-comma-digit), else replaced by a space; then periods not followed by a digit are deleted."""
+    digit-comma-digit, as `comma` finds it), else replaced by a space; then periods not followed by a
+    digit are deleted."""
     if not _ANY_PUNCT.search(text):
         return text
     out = text
-    has_digit_comma = COMMA_STRIP.search(text) is not None
+    has_digit_comma = comma.search(text) is not None
     for p in PUNCT:
         if p not in out:
             continue
@@ -78,23 +83,26 @@ def normalize(text: str) -> str:
     return process_digit_article(process_punctuation(text))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def normalize_lmms_eval(text: str) -> str:
+    """lmms-eval's EvalAIAnswerProcessor.process_punctuation then process_digit_article."""
+    return process_digit_article(process_punctuation(text, EVALAI_COMMA_STRIP))
+
+
 def _strip(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
-
-
-def lmms_eval_prediction(text: str) -> str:
-    """lmms-eval's EvalAIAnswerProcessor: lowercase, drop commas and '?', split "'s", then normalize."""
-    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-    return normalize(_strip(text))
 
 
 # --- accuracy -------------------------------------------------------------------------------------
 
 def question_accuracy(prediction: str, answers: list[str], lmms_eval: bool = False) -> float:
-    """The official per-question accuracy in [0, 1] (ten human answers, leave-one-out)."""
+    """The per-question accuracy in [0, 1] (ten human answers, leave-one-out), official or lmms-eval's."""
     answers = [_strip(a) for a in answers]
-    pred = lmms_eval_prediction(prediction) if lmms_eval else _strip(prediction)
-    if len(set(answers)) > 1:
+    pred = _strip(prediction)
+    if lmms_eval:
+        answers = [normalize_lmms_eval(a) for a in answers]
+        pred = normalize_lmms_eval(pred)
+    elif len(set(answers)) > 1:
         answers = [normalize(a) for a in answers]
         pred = normalize(pred)
     matches = sum(a == pred for a in answers)
@@ -123,6 +131,7 @@ def score(predictions: dict[str, str], references: dict[str, dict[str, Any]],
         "per_question_type": {k: mean100(v) for k, v in sorted(by_question.items())},
         "n": len(per_sample),
         "protocol": "lmms-eval" if lmms_eval else "official",
+        **({"lmms_eval_version": LMMS_EVAL_VERSION} if lmms_eval else {}),
     }
     return summary, per_sample
 

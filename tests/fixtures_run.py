@@ -62,9 +62,10 @@ class _State:
     frozen: dict[str, int] = field(default_factory=dict)
     finalized: dict[str, int] = field(default_factory=dict)
     wall: float = 0.0
+    smoothed: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> "_State":
-        return _State(dict(self.frozen), dict(self.finalized), self.wall)
+        return _State(dict(self.frozen), dict(self.finalized), self.wall, dict(self.smoothed))
 
 
 def _statistic(comp: dict, step: int, rng: random.Random) -> float:
@@ -86,10 +87,11 @@ def make_run(path: str | Path, *, total_steps: int = 200, vision_layers: int = 2
              tau: dict | None = None, alpha: float = 0.2, interval: int = 5, log_every: int = 1,
              stop_when_all_frozen: bool = True, max_steps: int | None = None, eval_every: int = 50,
              crash_at: int | None = None, resume_from: int | None = None, running: bool = False,
-             torn_tail: bool = False, seed: int = 0, name_config: str = "grades") -> Truth:
+             torn_tail: bool = False, seed: int = 0, name_config: str = "grades", smoothing: float = 0.0) -> Truth:
     """Write a run folder; `crash_at` + `resume_from` simulates a crash and a resume that appends to the same
     logs without truncating them (the worst case); `running` leaves it without an end event; `torn_tail`
-    adds half a line to every log. `max_steps` stops the simulated process (a kill) at that step."""
+    adds half a line to every log. `max_steps` stops the simulated process (a kill) at that step. `smoothing`
+    (beta > 0): the rule compares the exponentially smoothed statistic with tau, and the log carries it."""
     tau = tau or {"vision": 4e-3, "projector": 4e-3, "language": 3e-3}
     reg = registry(vision_layers, language_layers)
     Path(path).mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ def make_run(path: str | Path, *, total_steps: int = 200, vision_layers: int = 2
     config = {"model": "nanovlm", "task": "easyvqa", "steps": total_steps, "batch_size": 8, "seed": seed,
               "stopping": name_config,
               "grades": {"metric": "grad_change", "normalization": "mean", "tau": tau, "alpha": alpha,
-                         "interval": interval},
+                         "interval": interval, "smoothing": smoothing},
               "optimizer": {"name": "adamw", "lr": {"vision": 1e-4, "projector": 2e-3, "language": 1e-4}}}
     (run.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run.write_json("components.json", reg)
@@ -122,8 +124,12 @@ def make_run(path: str | Path, *, total_steps: int = 200, vision_layers: int = 2
             stop = None
             if step % interval == 0:
                 values = {c["name"]: _statistic(c, step, rng) for c in comps if c["name"] not in state.frozen}
+                for n, v in values.items():
+                    prev = state.smoothed.get(n)
+                    state.smoothed[n] = v if prev is None else smoothing * prev + (1 - smoothing) * v
+                compared = {n: state.smoothed[n] for n in values} if smoothing else values
                 for c in comps:
-                    v = values.get(c["name"])
+                    v = compared.get(c["name"])
                     if v is not None and step >= int(alpha * total_steps) and v < tau[c["modality"]]:
                         state.frozen[c["name"]] = step
                         run.append("events", {"type": "freeze", "step": step, "component": c["name"],
@@ -133,9 +139,12 @@ def make_run(path: str | Path, *, total_steps: int = 200, vision_layers: int = 2
                         state.finalized[m] = step  # only the first tower can skip its whole backward
                         run.append("events", {"type": "finalize", "step": step, "modality": m,
                                               "parameters": reg["modalities"][m]["parameters"]})
-                run.append("convergence", {"step": step, "metric": "grad_change", "normalization": "mean",
-                                           "values": values, "tau": {n: tau[reg_mod[n]] for n in values},
-                                           "frozen": sorted(state.frozen)})
+                record = {"step": step, "metric": "grad_change", "normalization": "mean",
+                          "values": values, "tau": {n: tau[reg_mod[n]] for n in values},
+                          "frozen": sorted(state.frozen)}
+                if smoothing:
+                    record["smoothed"] = compared
+                run.append("convergence", record)
                 if stop_when_all_frozen and len(state.frozen) == len(comps):
                     stop = "all components frozen"
                     run.append("events", {"type": "stop", "step": step, "reason": stop})

@@ -120,12 +120,15 @@ def climbing(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
 
 
 def package_of(mod: str) -> str:
+    """The drawing's box for a module: its package, or the module itself where it sits in a lower layer than its
+    package (training's run folder and checkpoints, which parallel/ and eval/ use)."""
     parts = mod.split(".")
-    return ".".join(parts[:2]) if parts[0] == "vlm_grades" and len(parts) > 1 else parts[0]
+    package = ".".join(parts[:2]) if parts[0] == "vlm_grades" and len(parts) > 1 else parts[0]
+    return package if layer(mod) == layer(package) else mod
 
 
 def dot(graph: dict[str, set[str]]) -> str:
-    """Packages as boxes ranked by layer, one arrow per package pair that imports."""
+    """Packages as boxes ranked by layer (top: the lowest), one arrow per pair of boxes that imports."""
     pairs = {(package_of(a), package_of(b)) for a, bs in graph.items() for b in bs}
     pairs = {(a, b) for a, b in pairs if a != b}
     nodes = sorted({n for pair in pairs for n in pair})

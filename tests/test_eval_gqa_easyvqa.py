@@ -42,10 +42,39 @@ def test_default_is_the_official_plain_string_equality():
     assert gqa.score(preds, REFS, lmms_eval=True)[0]["accuracy"] == pytest.approx(100.0)
 
 
-def test_gqa_preprocessing():
-    assert gqa.preprocess(" Yes. ") == "yes"
-    assert gqa.preprocess("Left...") == "left"
-    assert gqa.preprocess("3.5") == "3.5"
+def test_easyvqa_preprocessing():
+    assert easyvqa.preprocess(" Yes. ") == "yes"
+    assert easyvqa.preprocess("Left...") == "left"
+    assert easyvqa.preprocess("3.5") == "3.5"
+
+
+# prediction, answer, official (prediction == answer), lmms-eval 0.7.3 (strip the prediction; lowercase and drop
+# every string.punctuation character on both sides), the former rule (strip, trailing periods, lowercase)
+GQA_CASES = [
+    ("a.m.", "a.m.", 1.0, 1.0, 0.0),
+    ("A.M.", "a.m.", 0.0, 1.0, 0.0),
+    ("am", "a.m.", 0.0, 1.0, 0.0),
+    ("t-shirt", "t-shirt", 1.0, 1.0, 1.0),
+    ("tshirt", "t-shirt", 0.0, 1.0, 0.0),
+    ("Yes.", "yes", 0.0, 1.0, 1.0),
+    (" yes\n", "yes", 0.0, 1.0, 1.0),
+    ("yes!", "yes", 0.0, 1.0, 0.0),
+    ("don't", "dont", 0.0, 1.0, 0.0),
+    ("yes .", "yes", 0.0, 0.0, 1.0),     # the space before the period is not stripped again
+    ("t shirt", "t-shirt", 0.0, 0.0, 0.0),
+    ("red", "blue", 0.0, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("prediction,answer,official,lmms_eval,former", GQA_CASES)
+def test_gqa_lmms_eval_rule(prediction, answer, official, lmms_eval, former):
+    refs = {"q": _q(answer, "query", "attr")}
+    assert gqa.score({"q": prediction}, refs)[1]["q"] == official
+    assert gqa.score({"q": prediction}, refs, lmms_eval=True)[1]["q"] == lmms_eval
+
+
+def test_gqa_protocol_names_the_lmms_eval_version():
+    assert "lmms-eval 0.7.3" in gqa.PROTOCOLS["lmms-eval"] and "ignore_punctuation" in gqa.PROTOCOLS["lmms-eval"]
 
 
 def test_easyvqa_per_kind():

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from eval import formats, runner
+from nanovlm import BASE_DIR
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
+
+# a real model folder (the shipped nanoVLM base) for `eval --model`, which is checked before the data is read;
+# the tests below answer with fake adapters in its place
+BASE = str(BASE_DIR)
 
 
 class FakeAdapter:
@@ -128,7 +133,7 @@ def test_eval_cli_with_easyvqa(monkeypatch, tmp_path, capsys):
             return ["yes"] * len(batch["prompts"])
 
     monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Yes({}))
-    code = main(["eval", "--task", "easyvqa", "--model", str(tmp_path / "ckpt"), "--max-samples", "30",
+    code = main(["eval", "--task", "easyvqa", "--model", BASE, "--max-samples", "30",
                  "--batch-size", "8", "--out", str(tmp_path / "out"), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -138,6 +143,18 @@ def test_eval_cli_with_easyvqa(monkeypatch, tmp_path, capsys):
     assert len(lines) == 30
     assert main(["eval", "--task", "vqav2", "--model", "x"]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_predictions_are_on_disk_before_scoring_starts(tmp_path, monkeypatch):
+    samples = [Sample(id=str(i), image="x.png", prompt="Q?", targets=["yes"], task="easyvqa") for i in range(3)]
+
+    def scoring_fails(*args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(runner, "score_predictions", scoring_fails)
+    with pytest.raises(RuntimeError):
+        runner.evaluate(FakeAdapter({"Q?": "yes"}), samples, "easyvqa", tmp_path / "out", progress=False)
+    assert len(json.loads((tmp_path / "out" / "easyvqa_predictions.json").read_text())) == 3
 
 
 @pytest.mark.slow
@@ -171,7 +188,7 @@ def _eval(monkeypatch, capsys, *argv):
     from vlm_grades.cli import main
 
     monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Echo())
-    code = main(["eval", "--model", "ckpt", "--no-progress", *argv])
+    code = main(["eval", "--model", BASE, "--no-progress", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -215,12 +232,32 @@ def test_gqa_questions_without_answers_give_a_predictions_file(monkeypatch, caps
     out = tmp_path / "out"
     argv = ("--task", "gqa", "--data", d["source"], "--split", "testdev_balanced", "--out", str(out))
     code, _, err = _eval(monkeypatch, capsys, *argv)
-    assert code == 2 and "missing field 'answer'" in err
+    assert code == 2 and "missing field 'answer'" in err and "`vlm-grades eval --allow-unanswered`" in err
+    assert len(err.strip().splitlines()) == 1
     code, stdout, err = _eval(monkeypatch, capsys, *argv, "--allow-unanswered")
     assert code == 0, err
     assert json.loads((out / "gqa_submission.json").read_text()) == [
         {"questionId": q, "prediction": q} for q in d["question_ids"]]
     assert "not scored" in stdout and "6 questions (6 answered, 0 empty)" in stdout
+
+
+class Silent(FakeAdapter):
+    def generate(self, batch, max_new_tokens):
+        return ["" if i % 3 else " " for i in range(len(batch["prompts"]))]
+
+
+def test_submission_summary_counts_empty_generations_as_empty(monkeypatch, capsys, tmp_path):
+    import vlm_grades.models
+    from fixtures_data import write_gqa
+    from vlm_grades.cli import main
+
+    d = write_gqa(tmp_path / "gqa")
+    monkeypatch.setattr(vlm_grades.models, "load_for_eval", lambda path: Silent({}))
+    code = main(["eval", "--model", BASE, "--no-progress", "--task", "gqa", "--data", d["source"], "--split",
+                 "testdev_balanced", "--out", str(tmp_path / "out"), "--allow-unanswered"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "6 questions (0 answered, 6 empty)" in stdout
 
 
 @pytest.mark.parametrize("argv,message", [

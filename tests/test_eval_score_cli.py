@@ -79,13 +79,14 @@ def test_vqav2_lmms_eval(capsys, vqa_files, tmp_path):
                         "--lmms-eval", "--out", str(out_json))
     assert code == 0 and json.loads(out_json.read_text())["score"] == pytest.approx(100.0)
     assert json.loads(out_json.read_text())["metrics"]["protocol"] == "lmms-eval"
-    assert "lmms-eval" in out
-    # ten "two" against a prediction "two": 1 officially, 0 in lmms-eval
+    assert json.loads(out_json.read_text())["metrics"]["lmms_eval_version"] == "0.7.3"
+    assert "lmms-eval 0.7.3" in out
+    # ten "two" against a prediction "2": 0 officially, 1 in lmms-eval 0.7.3 (it normalizes the ten answers too)
     anns = _write(tmp_path / "a.json", {"annotations": [{"question_id": 1, "question_type": "how many",
                                                           "answer_type": "number", "multiple_choice_answer": "two",
                                                           "answers": [{"answer": "two"}] * 10}]})
-    two = _write(tmp_path / "two.json", [{"question_id": 1, "answer": "two"}])
-    for flags, score in (((), 100.0), (("--lmms-eval",), 0.0)):
+    two = _write(tmp_path / "two.json", [{"question_id": 1, "answer": "2"}])
+    for flags, score in (((), 0.0), (("--lmms-eval",), 100.0)):
         assert _run(capsys, "--task", "vqav2", "--predictions", two, "--annotations", anns, *flags,
                     "--out", str(out_json))[0] == 0
         assert json.loads(out_json.read_text())["score"] == score
@@ -318,3 +319,11 @@ def test_vqav2_and_coco_accept_the_official_folders_train_accepts(capsys, tmp_pa
     assert coco.read_references(c["source"], split="val") == expected == coco.read_references(c["source"])
     k = write_coco_karpathy(tmp_path / "karpathy")
     assert coco.read_references(k["source"], split="test") == coco.read_references(str(k["file"]), split="test")
+
+
+@pytest.mark.parametrize("command", ["score", "eval"])
+def test_help_names_the_reproduced_lmms_eval_version(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "lmms-eval 0.7.3" in text and "ignore_punctuation" in text

@@ -75,22 +75,41 @@ def test_no_normalization_when_all_ten_answers_identical():
     assert vqav2.question_accuracy("T-Shirt", ["t-shirt"] * 5 + ["t shirt"] * 5) == 1.0
 
 
-@pytest.mark.parametrize("prediction,answers,official,lmms_eval", [
-    # lmms-eval always runs its answer processor on the prediction, the answers only when they differ
-    ("2", ["two"] * 10, 0.0, 0.0),
-    ("two", ["two"] * 10, 1.0, 0.0),            # its prediction became "2", the ten "two" stay
-    ("Yes", ["yes"] * 10, 0.0, 1.0),             # lowercased
-    ("yes.", ["yes"] * 10, 0.0, 1.0),            # period dropped
-    ("T-Shirt", ["t-shirt"] * 10, 0.0, 0.0),     # "t shirt" against ten untouched "t-shirt"
-    ("T-Shirt", ["t-shirt"] * 5 + ["t shirt"] * 5, 1.0, 1.0),
-    ("Yes", ["yes"] * 9 + ["no"], 1.0, 1.0),
-    ("two", ["2"] * 9 + ["3"], 1.0, 1.0),
-    ("it's red, I think?", ["it's red i think"] * 10, 0.0, 0.0),   # "it 's red i think"
-    ("no", ["yes"] * 10, 0.0, 0.0),
-])
-def test_official_and_lmms_eval_rules(prediction, answers, official, lmms_eval):
+# Hand-computed under three rules. official: GT-Vision-Lab vqaEval.py. lmms_03: lmms-eval 0.3.x (the prediction
+# always through EvalAIAnswerProcessor, lowercase and "'s" split included; the answers only when they differ).
+# lmms_073: lmms-eval 0.5.0 to 0.7.3 (strip, then process_punctuation with EvalAI's comma rule and
+# process_digit_article on the prediction and on every answer, always), the rule `--lmms-eval` reproduces.
+RULE_CASES = [
+    # prediction, answers, official, lmms_03, lmms_073
+    ("two", ["two"] * 10, 1.0, 0.0, 1.0),         # 0.3.x turned the prediction into "2", not the answers
+    ("2", ["two"] * 10, 0.0, 0.0, 1.0),
+    ("Yes", ["yes"] * 10, 0.0, 1.0, 1.0),
+    ("yes.", ["yes"] * 10, 0.0, 1.0, 1.0),
+    ("t-shirt", ["t-shirt"] * 10, 1.0, 0.0, 1.0),  # "t shirt" on both sides in 0.7.3
+    ("a.m.", ["a.m."] * 10, 1.0, 0.0, 1.0),        # "am" on both sides in 0.7.3
+    ("it's red, I think?", ["it's red i think"] * 10, 0.0, 0.0, 1.0),
+    ("1000", ["1,,000"] * 10, 0.0, 0.0, 1.0),      # EvalAI's (?<=\d)(,)+(?=\d) deletes the double comma
+    # 3 of ten answers "1,,000": officially "1 000" (the comma becomes a space), EvalAI "1000"
+    ("1000", ["1,,000"] * 3 + ["seven"] * 7, 0.0, 0.9, 0.9),
+    ("T-Shirt", ["t-shirt"] * 5 + ["t shirt"] * 5, 1.0, 1.0, 1.0),
+    ("Yes", ["yes"] * 9 + ["no"], 1.0, 1.0, 1.0),
+    ("two", ["2"] * 9 + ["3"], 1.0, 1.0, 1.0),
+    ("no", ["yes"] * 10, 0.0, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("prediction,answers,official,lmms_03,lmms_073", RULE_CASES)
+def test_official_and_lmms_eval_rules(prediction, answers, official, lmms_03, lmms_073):
     assert vqav2.question_accuracy(prediction, answers) == pytest.approx(official)
-    assert vqav2.question_accuracy(prediction, answers, lmms_eval=True) == pytest.approx(lmms_eval)
+    assert vqav2.question_accuracy(prediction, answers, lmms_eval=True) == pytest.approx(lmms_073)
+
+
+def test_cases_separate_the_current_lmms_eval_rule_from_the_others():
+    assert any(c[4] != c[2] for c in RULE_CASES) and any(c[4] != c[3] for c in RULE_CASES)
+
+
+def test_lmms_eval_version_is_named():
+    assert vqav2.LMMS_EVAL_VERSION == "0.7.3" and "0.7.3" in vqav2.PROTOCOLS["lmms-eval"]
 
 
 def test_score_overall_and_breakdowns():

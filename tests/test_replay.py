@@ -82,7 +82,7 @@ def test_bad_flags_are_one_line(run, capsys):
     assert main(["replay", str(run), "--rho", "1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2, err
-    assert "unrecognized arguments: --metric" in err[0] and "grades.rho: must be in (0, 1)" in err[1], err
+    assert "unrecognized arguments: --metric" in err[0] and "error: --rho: must be in (0, 1)" in err[1], err
 
 
 def test_a_run_without_grades_statistics_is_a_clear_error(run, tmp_path, capsys):

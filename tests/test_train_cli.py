@@ -147,6 +147,43 @@ SETTINGS = {
     "lora-targets-unknown": ([*QWEN_LORA, "--lora-targets", "audio"], "--lora-targets"),
     "lora-nothing-to-train": ([*QWEN_LORA, "--freeze", "language,projector"], "--freeze"),
     "pixels-min-above-max": ([*QWEN_LORA, "--min-pixels", "1000", "--max-pixels", "10"], "--min-pixels"),
+    # flags that would be ignored: refused, naming the flag and what it applies to
+    "lm-weights-with-tiny": (["--lm-weights", "{gguf}"], "--lm-weights: applies to --preset smol or 222m"),
+    "vision-weights-with-tiny": (["--vision-weights", "{gguf}"], "--vision-weights: applies to --preset smol"),
+    "lm-weights-with-model-path": (["--preset", "smol", "--model-path", "{nano}", "--lm-weights", "{gguf}"],
+                                   "--lm-weights: applies to a nanoVLM built from a preset"),
+    "lm-weights-with-qwen": ([*QWEN_LORA, "--lm-weights", "{gguf}"], "--lm-weights: applies to --model nanovlm"),
+    "lora-targets-without-lora": (["--lora-targets", "vision"], "--lora-targets: applies to --lora"),
+    "lora-rank-without-lora": (["--lora-rank", "4"], "--lora-rank: applies to --lora"),
+    "min-pixels-with-nanovlm": (["--min-pixels", "1000"], "--min-pixels: applies to --model qwen2.5-vl"),
+    "max-pixels-with-nanovlm": (["--max-pixels", "100000"], "--max-pixels: applies to --model qwen2.5-vl"),
+    "mix-task-without-fraction": (["--mix-task", "easyvqa-caption"], "--mix-task: applies to a mixed run"),
+    "mix-task-fraction-zero": (["--mix-task", "easyvqa", "--mix-fraction", "0"], "--mix-task: applies to a mixed"),
+    "mix-data-without-fraction": (["--mix-data", "{vqa}"], "--mix-data: applies to a mixed run"),
+    "mix-task-unknown": (["--mix-task", "bogus"], "--mix-task: expected one of"),
+    "mix-task-unknown-mixed": (["--mix-task", "bogus", "--mix-fraction", "0.5"], "'bogus'"),
+    # a local path that does not exist is not tried as a hub id
+    "lm-weights-path-missing": (["--preset", "smol", "--lm-weights", "{root}/runs/foo"],
+                                "--lm-weights: {root}/runs/foo: no such folder"),
+    "vision-weights-path-missing": (["--preset", "smol", "--vision-weights", "./no-siglip"],
+                                    "--vision-weights: ./no-siglip: no such folder"),
+    # --model-path: checked before the data is read (the header of the weights, not the weights)
+    "model-path-missing": (["--model-path", "{root}/no-model"], "--model-path: {root}/no-model: no such folder"),
+    "model-path-empty": (["--model-path", "{empty}"], "--model-path: {empty}: empty folder"),
+    "model-path-a-file": (["--model-path", "{a_file}"], "--model-path: {a_file}: a file"),
+    "model-path-no-config": (["--model-path", "{gguf}"], "--model-path: {gguf}: no config.json"),
+    "model-path-broken-config": (["--model-path", "{broken_config}"], "config.json: not valid JSON"),
+    "model-path-is-qwen": (["--model-path", "{qwen_config}"], "a qwen2_5_vl checkpoint, but --model is nanovlm"),
+    "model-path-truncated-weights": (["--model-path", "{nano_truncated}"], "model.safetensors: "),
+    "model-path-shape-mismatch": (["--model-path", "{nano_mismatch}"], "the nanoVLM config expects"),
+    "qwen-path-is-nanovlm": ([*QWEN_LORA[:2], "--model-path", "{nano}"], "a nanovlm checkpoint, but --model is"),
+    # GradES rule errors name the flag typed
+    "rho-flag": (["--rho", "2"], "--rho: must be in (0, 1)"),
+    "smoothing-flag": (["--smoothing", "1"], "--smoothing: must be in [0, 1)"),
+    "tau-vision-flag": (["--tau-vision", "-1"], "--tau-vision: must be a finite number"),
+    "tau-flag": (["--tau", "-1"], "--tau: must be a finite number"),
+    "patience-flag": (["--patience", "0"], "--patience: must be an integer"),
+    "stop-fraction-flag": (["--stop-fraction", "2"], "--stop-fraction: must be in (0, 1]"),
 }
 
 
@@ -154,6 +191,39 @@ SETTINGS = {
 def test_bad_setting_is_named_before_any_data_is_read(inputs, case, tmp_path, capsys):
     argv, culprit = SETTINGS[case]
     assert_rejected(inputs, [*argv, *NO_DATA], culprit, tmp_path / "run", capsys)
+
+
+def test_errors_name_the_yaml_key_of_a_config_file_and_the_flag_over_it(inputs, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("grades:\n  rho: 2\n  tau:\n    vision: -1\nlora_targets: vision\n")
+    assert_rejected(inputs, ["--config", str(config), *NO_DATA], f"--config {config}: lora_targets: applies to "
+                    f"--lora", tmp_path / "run", capsys)
+    assert_rejected(inputs, ["--config", str(config), "--lora-targets", "language", *NO_DATA],
+                    f"--config {config}: grades.tau.vision: must be", tmp_path / "run", capsys)
+    assert_rejected(inputs, ["--config", str(config), "--lora-targets", "language", "--tau-vision", "1e-3",
+                             *NO_DATA], f"--config {config}: grades.rho: must be in (0, 1)", tmp_path / "run", capsys)
+    assert_rejected(inputs, ["--config", str(config), "--lora-targets", "language", "--tau-vision", "1e-3",
+                             "--rho", "3", *NO_DATA], "error: --rho: must be in (0, 1), got 3", tmp_path / "run", capsys)
+
+
+def test_defaults_of_a_recipe_or_a_saved_config_are_not_refused(tmp_path):
+    from vlm_grades.config import TrainConfig
+
+    scratch = TrainConfig.build({"from_scratch": True, "mix_fraction": 0.0})   # the recipe's mix_task stays
+    assert scratch.mix_task == "easyvqa-caption" and scratch.mix_fraction == 0.0
+    saved = TrainConfig.build({}).to_dict()                  # config.yaml of a run: every setting written
+    assert TrainConfig.build(saved).lora_targets == "language"
+    assert TrainConfig.build(TrainConfig.build({"from_scratch": True}).to_dict()).mix_fraction == 0.5
+
+
+def test_lm_weights_under_an_existing_folder_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
+    from vlm_grades.config import TrainConfig
+    from vlm_grades.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match="^--lm-weights: runs/foo: no such folder$"):
+        TrainConfig.build({"preset": "smol", "lm_weights": "runs/foo"})
 
 
 OUTS = {   # --out that cannot be a run folder

@@ -13,7 +13,7 @@ def test_nanovlm_from_scratch_on_easyvqa_mixes_in_captions_by_default_and_only_t
     assert (cfg.mix_task, cfg.mix_fraction) == ("easyvqa-caption", 0.5)
     assert TrainConfig.build({}).mix_fraction == 0.0          # fine-tuning the shipped base: questions only
     assert TrainConfig.build({"task": "easyvqa-caption"}).mix_fraction == 0.0
-    assert TrainConfig.build({"model": "qwen2.5-vl", "model_path": "x", "task": "easyvqa"}).mix_fraction == 0.0
+    assert TrainConfig.build({"model": "qwen2.5-vl", "model_path": "Qwen/x", "task": "easyvqa"}).mix_fraction == 0.0
     assert TrainConfig.build({"from_scratch": True, "mix_fraction": 0}).mix_fraction == 0.0
 
 

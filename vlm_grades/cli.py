@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from vlm_grades import __version__
@@ -39,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()   # here, where a closed pipe can be caught, not at the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (`vlm-grades ... | head`): stop quietly, as a command killed by SIGPIPE would;
+        # stdout goes to /dev/null so the interpreter's last flush does not raise the error again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):   # a stdout without a file descriptor
+            pass
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

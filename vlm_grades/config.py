@@ -119,20 +119,10 @@ class TrainConfig:
         task = task or MODEL_DEFAULTS.get(model, {}).get("task", cls.task)
         layers = (MODEL_DEFAULTS.get(model, {}), TASK_DEFAULTS.get(task, {}),
                   _nanovlm_recipe(model, task, chosen)) + layers
-        merged: dict[str, Any] = {}
-        taus = []      # each layer's thresholds, layered per modality once the preset is known
-        for layer in layers:
-            for key, value in layer.items():
-                if key == "grades" and isinstance(value, dict):
-                    merged["grades"] = {**merged.get("grades", {}), **value}
-                    taus += [value["tau"]] if value.get("tau") is not None else []
-                else:
-                    merged[key] = value
-        if taus:
-            from vlm_grades.grades.config import layer_tau
-
-            merged["grades"]["tau"] = layer_tau(merged["grades"].get("preset") or "default", *taus)
-        cfg = cls(**{k: _coerce(k, v) for k, v in merged.items()})
+        defaults = cls(**{k: _coerce(k, v) for k, v in _merge(layers[:3]).items()})
+        cfg = cls(**{k: _coerce(k, v) for k, v in _merge(layers).items()})
+        given = {k for layer in layers[3:] for k in layer if getattr(cfg, k) != getattr(defaults, k)}
+        cfg.check_applicable(given)
         cfg.validate()
         return cfg
 
@@ -153,8 +143,6 @@ class TrainConfig:
         self._check_numbers()
         if self.model == "nanovlm" and self.preset not in NANOVLM_PRESETS:
             raise UserError(f"--preset: expected one of {', '.join(NANOVLM_PRESETS)}, got {self.preset!r}")
-        if self.model == "nanovlm" and self.model_path:
-            _check_native_nanovlm(self.model_path)
         if self.mixed_precision == "fp16":
             raise UserError("--mixed-precision fp16: not supported (needs loss scaling); use bf16")
         if self.mixed_precision not in ("no", "bf16"):
@@ -178,6 +166,50 @@ class TrainConfig:
             GradESConfig.from_dict(self.grades).validate(self.steps)
         if self.lr is not None:
             self.lr_vision = self.lr_projector = self.lr_language = self.lr
+        self._check_weights_paths()    # last: it reads files
+
+    def _check_weights_paths(self) -> None:
+        """--model-path (its folder, config and tensor shapes), --lm-weights and --vision-weights: a local path
+        that does not exist is refused here, not tried as a hub id after the data is read."""
+        from vlm_grades.models.hub import hub_id
+
+        if self.model_path:
+            from vlm_grades.models.precheck import check_model_path
+
+            check_model_path(self.model, self.model_path)
+        for name in ("lm_weights", "vision_weights"):
+            value = getattr(self, name)
+            if value and value != "smollm2-135m" and not Path(value).expanduser().exists():
+                hub_id(value, _flag(name))
+
+    def check_applicable(self, given: set[str]) -> None:
+        """Settings the user gave (`given`) that the run would ignore: one line naming the flag and what it
+        applies to. Defaults (also those of a recipe or a saved config.yaml) are not judged."""
+        def refuse(name: str, why: str) -> None:
+            if name in given:
+                raise UserError(f"{_flag(name)}: {why}")
+
+        for name in ("lm_weights", "vision_weights"):
+            what = {"lm_weights": "the SmolLM2 language model", "vision_weights": "the SigLIP vision encoder"}[name]
+            if self.model != "nanovlm":
+                refuse(name, f"applies to --model nanovlm (its {what}), not {self.model}")
+            elif self.preset == "tiny":
+                refuse(name, f"applies to --preset smol or 222m ({what}); the tiny preset has its own small "
+                             f"towers")
+            elif self.model_path:
+                refuse(name, f"applies to a nanoVLM built from a preset; --model-path {self.model_path} "
+                             f"brings its own weights")
+        for name in ("lora_targets", "lora_rank", "lora_alpha", "lora_dropout"):
+            if not self.lora:
+                refuse(name, "applies to --lora (LoRA adapters on qwen2.5-vl); add --lora or drop it")
+        for name in ("min_pixels", "max_pixels"):
+            if self.model != "qwen2.5-vl":
+                refuse(name, f"applies to --model qwen2.5-vl (its image resizing), not {self.model}")
+        if self.mix_task is not None and self.mix_task not in TASKS:
+            refuse("mix_task", f"expected one of {', '.join(TASKS)}, got {self.mix_task!r}")
+        if self.mix_fraction == 0:
+            for name in ("mix_task", "mix_data"):
+                refuse(name, "applies to a mixed run: give --mix-fraction above 0 (0 = no mixing)")
 
     def _check_numbers(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -283,6 +315,25 @@ _AT_LEAST_ONE_OR_ALL = ("max_samples", "val_max_samples", "eval_max_samples")
 _YAML_ONLY = ("min_lr_ratio", "classic_min_delta")     # settings without a flag: named as in the YAML file
 
 
+def _merge(layers) -> dict[str, Any]:
+    """Later layers win; the `grades` mappings merge key by key, and their thresholds modality by modality
+    once the preset is known (`layer_tau`)."""
+    merged: dict[str, Any] = {}
+    taus = []
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "grades" and isinstance(value, dict):
+                merged["grades"] = {**merged.get("grades", {}), **value}
+                taus += [value["tau"]] if value.get("tau") is not None else []
+            else:
+                merged[key] = value
+    if taus:
+        from vlm_grades.grades.config import layer_tau
+
+        merged["grades"]["tau"] = layer_tau(merged["grades"].get("preset") or "default", *taus)
+    return merged
+
+
 def _flag(name: str) -> str:
     return name if name in _YAML_ONLY else f"--{name.replace('_', '-')}"
 
@@ -383,21 +434,3 @@ def _nanovlm_recipe(model: str, task: str, chosen: dict[str, Any]) -> dict[str, 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     task: {"val_split": None, "eval_split": None} for task in DATA_TASKS
 }
-
-
-def _check_native_nanovlm(model_path: str) -> None:
-    """A local checkpoint in nanoVLM's own format: its config.json must be one this code reproduces."""
-    import json
-
-    from nanovlm.native_format import is_native_config, translate_config
-
-    f = Path(model_path).expanduser() / "config.json"
-    try:
-        raw = json.loads(f.read_text()) if f.is_file() else None
-    except (OSError, ValueError):
-        return  # the loader reports it with the rest of the folder
-    if is_native_config(raw):
-        try:
-            translate_config(raw, str(f))
-        except ValueError as e:
-            raise UserError(f"--model-path: {e}") from None

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--prompt", help="prompt template containing {question} (default: the task's)")
     p.add_argument("--out", metavar="DIR",
-                   help="output folder (default: RUN/eval for a run folder, else ./eval-<task>)")
+                   help="output folder, checked writable before any work (default: RUN/eval for a run folder, "
+                        "else ./eval-<task>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--feature-cache", default=DEFAULT_SIZE, metavar="SIZE",
                    help="memory for the features of repeated images (each image through the vision encoder "
@@ -74,11 +75,16 @@ def run(args) -> int:
     from eval.runner import evaluate, format_table, predict
     from vlm_grades.data import load_samples
     from vlm_grades.models import load_for_eval
+    from vlm_grades.models.precheck import check_eval_model
+    from vlm_grades.training.run_folder import check_can_create
 
     check_flags(args)
     easy = args.task.startswith("easyvqa") or args.task == "scenes"   # generated or packaged: no --data
     if not easy and not args.data:
         raise UserError(f"--data: task {args.task} needs a data source (folder, file or Hugging Face id)")
+    out = Path(args.out) if args.out else default_out(args.model, args.task)
+    check_can_create(out)   # before generating: predictions are never computed only to be lost
+    check_eval_model(args.model)
     split = args.split or ("test" if easy else "validation")
     kwargs = {"max_samples": args.max_samples, "allow_unanswered": args.allow_unanswered}
     if args.prompt:
@@ -88,7 +94,6 @@ def run(args) -> int:
         raise UserError(f"--data: no {args.task} samples in split {split!r}")
     expected = submission_ids(args.task, args.data, split) if args.allow_unanswered else None
     adapter = load_for_eval(args.model)
-    out = Path(args.out) if args.out else default_out(args.model, args.task)
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_workers=args.num_workers,
                    progress=not args.no_progress, feature_cache=args.feature_cache_bytes)
     if args.allow_unanswered:

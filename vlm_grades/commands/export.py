@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vlm_grades.models import detect_architecture, load_for_eval
     from vlm_grades.models.nanovlm_native import export_nanovlm
+    from vlm_grades.training.run_folder import check_can_create
 
     src, out = Path(args.run), Path(args.out)
     if not src.exists():
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = src / "final" if (src / "final").is_dir() else src
     if detect_architecture(model_dir) != "nanovlm":
         raise UserError(f"--format nanovlm: {model_dir} is not a nanoVLM model")
+    check_can_create(out)   # before the model loads
     export_nanovlm(load_for_eval(src), out)
     print(f"wrote {out} (nanoVLM format: config.json, model.safetensors)")
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from vlm_grades.commands.setting_names import blame
 from vlm_grades.commands.train import add_rule_flags, flags_to_settings
+from vlm_grades.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = flags_to_settings(argparse.Namespace(**{k: v for k, v in vars(args).items()
                                                        if k not in ("run", "json")}))
-    result = replay(args.run, settings.get("grades", {}))
+    try:
+        result = replay(args.run, settings.get("grades", {}))
+    except UserError as e:
+        raise blame(e, settings) from None
     print(json.dumps(result, indent=2) if args.json else replay_table(result))
     return 0

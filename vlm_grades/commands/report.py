@@ -12,8 +12,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="per-modality convergence report of a run folder",
         description="Read a run folder and write report.json, PNG figures, report.md and a self-contained "
-                    "report.html; print the per-modality summary. With --live, refresh the summary while the "
-                    "run trains.")
+                    "report.html; print the per-modality summary. statistics.png draws, per component, the "
+                    "value the GradES rule compared with tau (the smoothed statistic when smoothing is on), the "
+                    "raw per-check statistic faint behind it. With --live, refresh the summary while the run "
+                    "trains.")
     p.add_argument("run", metavar="RUN", help="run folder written by `vlm-grades train`")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RUN/report)")
     p.add_argument("--format", default=",".join(FORMATS), metavar="LIST",

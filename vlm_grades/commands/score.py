@@ -19,11 +19,14 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `score` and `eval`."""
     protocol = p.add_mutually_exclusive_group()
     protocol.add_argument("--lmms-eval", action="store_true",
-                          help="score as lmms-eval does (default: the official metric). vqav2: the prediction always "
-                               "goes through its answer processor (lowercase, punctuation, number words, articles), "
-                               "the ten answers only when they differ (officially neither is normalized when the "
-                               "ten agree); gqa: the prediction is stripped, trailing periods dropped, lowercased "
-                               "(officially prediction == answer)")
+                          help="score as lmms-eval 0.7.3 does (its rule since 0.5.0; default: the official "
+                               "metric). vqav2: the prediction and all ten answers always go through its "
+                               "process_punctuation and process_digit_article (lowercase, punctuation, number "
+                               "words, articles, contractions; EvalAI's comma rule, so \"1,,000\" is 1000), so "
+                               "\"Yes\" and \"yes\" match, as do \"two\" and \"2\" (officially nothing is "
+                               "normalized when the ten answers agree); gqa: its exact_match with ignore_case and "
+                               "ignore_punctuation: the prediction stripped, both lowercased and every punctuation "
+                               "character removed (officially prediction == answer)")
     protocol.add_argument("--raw", action="store_true",
                           help="easyvqa: compare predictions verbatim (default: strip a trailing period and "
                                "lowercase); gqa: the official comparison, already the default")
@@ -37,8 +40,17 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
 
 
 def check_scoring_flags(args) -> None:
+    """Before any work: what scoring would find missing only after generating (Java, SPICE's jars)."""
     if args.lmms_eval and args.task not in ("vqav2", "gqa"):
         raise UserError(f"--lmms-eval: only for vqav2 and gqa, not {args.task}")
+    if args.task == "coco":
+        from eval import coco
+
+        coco.find_java()
+        if args.spice:
+            corenlp, why = coco.spice_corenlp_dir(args.spice_corenlp)
+            if corenlp is None:
+                raise UserError(why.replace("SPICE skipped: ", "--spice: "))
 
 
 def register(subparsers) -> None:
@@ -59,7 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--partial", action="store_true",
                    help="score only the ids present in both files and report how many were missing "
                         "(default: mismatched id sets are an error)")
-    p.add_argument("--out", metavar="FILE", help="write the scores as JSON to FILE")
+    p.add_argument("--out", metavar="FILE", help="write the scores as JSON to FILE (checked writable before scoring)")
     add_scoring_flags(p)
     p.set_defaults(func=run)
 
@@ -100,6 +112,10 @@ def run(args) -> int:
     from eval.runner import format_table, score_predictions
 
     check_scoring_flags(args)
+    if args.out:
+        from vlm_grades.training.run_folder import check_can_write_file
+
+        check_can_write_file(args.out)
     predictions = formats.read_predictions(args.task, args.predictions)
     references, ref_name = load_references(args)
     result, _ = score_predictions(args.task, predictions, references, partial=args.partial,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlm_grades.commands.setting_names import GRADES_FLAGS, blame
+
 S = argparse.SUPPRESS  # unset flags stay out of the namespace, so YAML values are not overridden
 DIVERGED = 3           # exit status of a run whose loss or weights became non-finite
 
@@ -23,7 +25,8 @@ def register(sub) -> None:
                        epilog="Exit status: 0 trained; 2 bad input; 3 the run diverged (non-finite loss or weights: "
                               "final/ is its last finite checkpoint, not evaluated).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=S, help="YAML file of settings (keys as the flags, with underscores)")
+    p.add_argument("--config", default=S, help="YAML file of settings (keys as the flags, with underscores); an "
+                   "error about one of its values names the file and the key")
     p.add_argument("--resume", action="store_true", default=S,
                    help="continue the unfinished run in --out from its newest complete checkpoint (afresh "
                         "if it has none); a finished run is refused")
@@ -31,24 +34,27 @@ def register(sub) -> None:
     m.add_argument("--model", default=S, help="nanovlm or qwen2.5-vl (default nanovlm)")
     m.add_argument("--preset", default=S, help="nanovlm preset: tiny, smol or 222m (default tiny)")
     m.add_argument("--model-path", default=S, help="checkpoint folder or hub id to start from (nanovlm tiny on "
-                   "easy-VQA: the shipped base, stage 1 on the scenes corpus)")
+                   "easy-VQA: the shipped base, stage 1 on the scenes corpus); a local folder is checked before "
+                   "the data is read (its config.json, and a nanoVLM's tensor shapes from its weights' header)")
     m.add_argument("--from-scratch", action="store_true", default=S,
                    help="nanovlm: random initialization instead of the shipped base (on easy-VQA: the "
                         "pretraining recipe, 2000 steps, lr 1e-3, half captions)")
-    m.add_argument("--lm-weights", default=S, help="nanovlm smol/222m: SmolLM2 folder (default: fetch cache)")
-    m.add_argument("--vision-weights", default=S, help="nanovlm 222m: SigLIP checkpoint folder or hub id")
+    m.add_argument("--lm-weights", default=S, help="nanovlm smol/222m built from the preset (not with --model-path): "
+                   "SmolLM2 folder or hub id (default: fetch cache); refused where it would be ignored")
+    m.add_argument("--vision-weights", default=S, help="nanovlm smol/222m built from the preset: SigLIP checkpoint "
+                   "folder or hub id; refused where it would be ignored")
     m.add_argument("--lora", action="store_true", default=S,
                    help="qwen2.5-vl: train LoRA adapters instead of all weights; the projector trains fully "
                         "beside them unless --lora-targets gives it adapters or --freeze names it")
-    m.add_argument("--lora-rank", type=int, default=S, help="LoRA rank (default 16)")
-    m.add_argument("--lora-alpha", type=int, default=S, help="LoRA alpha (default 32)")
-    m.add_argument("--lora-dropout", type=float, default=S, help="LoRA dropout (default 0.05)")
-    m.add_argument("--lora-targets", default=S, help="modalities with adapters: language, vision, projector, "
-                   "both (language and vision) or all, or a comma list (default language)")
+    m.add_argument("--lora-rank", type=int, default=S, help="with --lora: LoRA rank (default 16)")
+    m.add_argument("--lora-alpha", type=int, default=S, help="with --lora: LoRA alpha (default 32)")
+    m.add_argument("--lora-dropout", type=float, default=S, help="with --lora: LoRA dropout (default 0.05)")
+    m.add_argument("--lora-targets", default=S, help="with --lora: modalities with adapters: language, vision, "
+                   "projector, both (language and vision) or all, or a comma list (default language)")
     m.add_argument("--freeze", type=_csv, default=S,
                    help="modalities frozen for the whole run, e.g. vision,projector (something must be left to train)")
-    m.add_argument("--min-pixels", type=int, default=S, help="qwen2.5-vl: minimum image pixels")
-    m.add_argument("--max-pixels", type=int, default=S, help="qwen2.5-vl: maximum image pixels")
+    m.add_argument("--min-pixels", type=int, default=S, help="qwen2.5-vl only: minimum image pixels")
+    m.add_argument("--max-pixels", type=int, default=S, help="qwen2.5-vl only: maximum image pixels")
     d = p.add_argument_group("data")
     d.add_argument("--task", default=S, help="easyvqa, easyvqa-caption, scenes (pictures the project draws, a "
                    "stage-1 corpus), vqav2, gqa or coco (default easyvqa)")
@@ -62,8 +68,8 @@ def register(sub) -> None:
     d.add_argument("--eval-max-samples", type=int, default=S, help="held-out samples (default all)")
     d.add_argument("--prompt", default=S, help="prompt template containing {question}")
     d.add_argument("--mix-task", default=S, help="a second task mixed into training, e.g. easyvqa-caption "
-                   "(nanovlm on easy-VQA: easyvqa-caption)")
-    d.add_argument("--mix-data", default=S, help="data of --mix-task if not --data")
+                   "(nanovlm from scratch on easy-VQA: easyvqa-caption); needs --mix-fraction above 0")
+    d.add_argument("--mix-data", default=S, help="data of --mix-task if not --data (with --mix-fraction above 0)")
     d.add_argument("--mix-fraction", type=float, default=S,
                    help="share of training samples from --mix-task (nanovlm from scratch on easy-VQA: 0.5; "
                         "0 = off)")
@@ -144,11 +150,6 @@ def add_rule_flags(group) -> None:
                        help="do not freeze a converged modality's norms and embeddings")
 
 
-GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
-                "auto_window": "auto_window", "snr_window": "snr_window", "alpha": "alpha", "interval": "interval",
-                "patience": "patience", "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
-
-
 def flags_to_settings(args: argparse.Namespace) -> dict:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "resume")}
     settings: dict = {}
@@ -177,11 +178,14 @@ def config_from_args(args: argparse.Namespace):
     """The TrainConfig of a `train` command line: defaults, then --config (or the resumed run's config.yaml),
     then the flags given."""
     from vlm_grades.config import TrainConfig
+    from vlm_grades.errors import UserError
 
     layers = []
     if getattr(args, "config", None):
         layers.append(TrainConfig.from_yaml(args.config))
-    layers.append(flags_to_settings(args))
+    flags = flags_to_settings(args)
+    layers.append(flags)
+    config_file = (layers[0], args.config) if getattr(args, "config", None) else (None, None)
     resume = getattr(args, "resume", False)
     if resume:
         import yaml
@@ -189,12 +193,14 @@ def config_from_args(args: argparse.Namespace):
 
         out = layers[-1].get("out") or (layers[0].get("out") if layers else None)
         if not out:
-            from vlm_grades.errors import UserError
             raise UserError("--resume: name the run folder with --out")
         saved = Path(out) / "config.yaml"
         if saved.exists():  # the saved settings win over defaults; flags given now still override them
             layers.insert(0, yaml.safe_load(saved.read_text()))
-    return TrainConfig.build(*layers)
+    try:
+        return TrainConfig.build(*layers)
+    except UserError as e:
+        raise blame(e, flags, *config_file) from None
 
 
 def run(args: argparse.Namespace) -> int:

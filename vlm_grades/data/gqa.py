@@ -51,6 +51,11 @@ def _missing(rec, allow_unanswered: bool) -> str | None:
     return next((k for k in required if rec.get(k) is None), None)
 
 
+def _kind(missing: str) -> str:
+    """A question without its answer is what a test split looks like: Issues points to --allow-unanswered."""
+    return "unanswered" if missing == "answer" else "missing field"
+
+
 # ---------------------------------------------------------------- official JSON
 
 def read_questions(path: Path) -> dict:
@@ -92,7 +97,7 @@ def load_official(questions_path: Path, split: str, issues: Issues, template: st
         rec = questions[qid]
         missing = _missing(rec, allow_unanswered)
         if missing:
-            issues.skip("missing field", f"missing field {missing!r} in question {qid}", questions_path)
+            issues.skip(_kind(missing), f"missing field {missing!r} in question {qid}", questions_path)
             continue
         image = path_in(folder, rec) or folder / f"{rec['imageId']}.jpg"
         yield _sample(qid, image, rec, template)
@@ -128,7 +133,7 @@ def load_hf(source: str, split: str, issues: Issues, template: str, *, shuffle: 
             continue
         missing = _missing(rec, allow_unanswered)
         if missing:
-            issues.skip("missing field", f"missing field {missing!r} in question {qid}", source)
+            issues.skip(_kind(missing), f"missing field {missing!r} in question {qid}", source)
             continue
         row = row_of.get(rec["imageId"])
         image = hf.image_ref(images[row]["image"]) if row is not None else None

@@ -20,7 +20,12 @@ log = logging.getLogger("vlm_grades.data")
 
 _PLURAL = {"missing image": "missing images", "unreadable image": "unreadable images",
            "missing field": "records with missing fields", "no annotation": "questions without annotation",
-           "bad record": "bad records", "missing answer": "questions without answer"}
+           "bad record": "bad records", "missing answer": "questions without answer",
+           "unanswered": "questions without answer"}
+
+
+UNANSWERED_HINT = ("; a split without public answers (VQAv2 test-dev/test, GQA test): "
+                   "`vlm-grades eval --allow-unanswered` predicts without a score")
 
 
 class SampleList(list):
@@ -61,7 +66,8 @@ class Issues:
         """Log the one-line summary; an empty data set is an error."""
         line = self.summary(n_samples)
         if n_samples == 0:
-            raise UserError(f"{source}: no usable samples ({line})")
+            hint = UNANSWERED_HINT if "unanswered" in self.kinds else ""
+            raise UserError(f"{source}: no usable samples ({line}){hint}")
         (log.warning if self.kinds else log.info)(line)
         return line
 

@@ -223,7 +223,7 @@ def load_hf(source: str, split: str, issues: Issues, template: str, *, shuffle: 
             ann = {"multiple_choice_answer": mca, "answers": answers, "answer_type": row.get("answer_type"),
                    "question_type": row.get("question_type")}
         elif not allow_unanswered:
-            issues.skip("missing answer", f"question {qid} has no answers (pass allow_unanswered to load "
+            issues.skip("unanswered", f"question {qid} has no answers (pass allow_unanswered to load "
                                           f"for prediction only)", source)
             continue
         sample = _sample(qid, image, row["question"], ann, template)

@@ -9,12 +9,12 @@ from vlm_grades.errors import UserError
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def hub_id(model_path: str) -> str:
-    """`model_path` (not a local file or folder) as a hub id; UserError "--model-path: <path>: no such folder"
+def hub_id(model_path: str, flag: str = "--model-path") -> str:
+    """`model_path` (not a local file or folder) as a hub id; UserError "<flag>: <path>: no such folder"
     when it is meant as a local path: not `owner/name`, starts with . / ~, or its first component is a local
     folder (`runs/foo` with `runs/` present)."""
     local = (not _HUB_ID.fullmatch(model_path) or model_path.startswith((".", "/", "~"))
              or Path(model_path.split("/")[0]).is_dir())
     if local:
-        raise UserError(f"--model-path: {model_path}: no such folder")
+        raise UserError(f"{flag}: {model_path}: no such folder")
     return model_path

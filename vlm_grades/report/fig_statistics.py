@@ -1,4 +1,6 @@
-"""Figure: the GradES statistic of every component over steps, one panel per modality, log scale."""
+"""Figure: the GradES statistic of every component over steps, one panel per modality, log scale. The main
+lines are what the rule compared with tau (the smoothed statistic when smoothing is on), the raw per-check
+statistic faint behind them; the legend sits beside the panel, never over the curves."""
 from __future__ import annotations
 
 import math
@@ -21,13 +23,20 @@ def _layer_legend(modality: str, layers: list[int]) -> list[Line2D]:
 
 
 def render(run: RunData) -> bytes:
+    fig = figure(run)
+    return fig if isinstance(fig, bytes) else to_png(fig)
+
+
+def figure(run: RunData):
+    """The matplotlib figure (bytes of a placeholder PNG when nothing was logged)."""
     title = f"GradES statistic per component: {run.name}"
     mods = [m for m in run.modalities if any(run.series(c.name)[0] for c in run.components_of(m))]
     if not mods:
         return empty_figure(title, "no convergence checks logged yet")
     metric = run.metric_name or "statistic"
+    beta = run.smoothing
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(len(mods), 1, figsize=(9, 2.9 * len(mods) + 0.6), sharex=True, squeeze=False)
+        fig, axes = plt.subplots(len(mods), 1, figsize=(11.5, 2.9 * len(mods) + 0.6), sharex=True, squeeze=False)
         for ax, m in zip(axes[:, 0], mods):
             comps = run.components_of(m)
             layers = sorted({c.layer for c in comps})
@@ -35,12 +44,15 @@ def render(run: RunData) -> bytes:
             taus = set()
             fx, fy = [], []
             for c in comps:
-                steps, values = run.series(c.name)
-                pts = [(s, v) for s, v in zip(steps, values) if math.isfinite(v) and v > 0]
+                pts = _positive(*run.compared_series(c.name))
                 if not pts:
                     continue
+                if beta is not None:   # the raw statistic, faint behind what the rule compared
+                    raw = _positive(*run.series(c.name))
+                    ax.plot([p[0] for p in raw], [p[1] for p in raw], color=shade(m, c.layer, n_layers),
+                            lw=0.6, alpha=0.22, zorder=1)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=shade(m, c.layer, n_layers),
-                        lw=0.9, alpha=0.8)
+                        lw=1.1, alpha=0.9, zorder=2)
                 tau = run.tau_of(c.name)
                 if math.isfinite(tau) and tau > 0:
                     taus.add(round(tau, 12))
@@ -50,12 +62,13 @@ def render(run: RunData) -> bytes:
                     fx.append(f)
                     fy.append(at[-1] if at else pts[-1][1])
             handles = _layer_legend(m, layers)
+            if beta is not None:
+                handles.append(Line2D([], [], color=shade(m, 0, 1), lw=0.6, alpha=0.3, label="raw, per check"))
             if len(comps) > 1:
                 by_step: dict[int, list[float]] = {}
                 for c in comps:
-                    for s, v in zip(*run.series(c.name)):
-                        if math.isfinite(v) and v > 0:
-                            by_step.setdefault(s, []).append(v)
+                    for s, v in _positive(*run.compared_series(c.name)):
+                        by_step.setdefault(s, []).append(v)
                 xs = sorted(by_step)
                 ax.plot(xs, [statistics.median(by_step[x]) for x in xs], color="black", lw=2.0, zorder=3)
                 handles.append(Line2D([], [], color="black", lw=2.0, label="median of monitored"))
@@ -83,11 +96,18 @@ def render(run: RunData) -> bytes:
                 ax.axvline(fin, color=color(m), ls=":", lw=1.5)
                 handles.append(Line2D([], [], color=color(m), ls=":", lw=1.5, label=f"finalized (step {fin})"))
             ax.set_yscale("log")
-            ax.set_ylabel(metric)
+            ax.set_ylabel(f"{metric}\nsmoothed, β = {beta:g}" if beta is not None else metric)
             plural = "s" if len(comps) != 1 else ""
             ax.set_title(f"{m} ({len(comps)} component{plural})", color=color(m), loc="left", fontweight="bold")
-            ax.legend(handles=handles, loc="upper right", framealpha=0.9, ncol=2 if len(handles) > 4 else 1)
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                      framealpha=0.9, fontsize="small")
         axes[-1, 0].set_xlabel("optimizer step")
-        fig.suptitle(title, fontsize=13)
+        what = "the smoothed statistic the rule compared with τ (raw faint)" if beta is not None else \
+            "the statistic the rule compared with τ"
+        fig.suptitle(f"{title}\n{what}", fontsize=12)
         fig.tight_layout()
-        return to_png(fig)
+        return fig
+
+
+def _positive(steps: list[int], values: list[float]) -> list[tuple[int, float]]:
+    return [(s, v) for s, v in zip(steps, values) if math.isfinite(v) and v > 0]

@@ -5,7 +5,7 @@ from vlm_grades.report import fig_freeze_map, fig_kinds, fig_progress, fig_stati
 from vlm_grades.report.run_data import RunData
 
 FIGURES = {
-    "statistics.png": ("GradES statistic per component", fig_statistics.render),
+    "statistics.png": ("GradES statistic per component (as compared with τ)", fig_statistics.render),
     "freeze_map.png": ("Freeze map", fig_freeze_map.render),
     "progress.png": ("Frozen fraction, loss and learning rate", fig_progress.render),
     "kinds.png": ("Statistic by component kind", fig_kinds.render),

@@ -239,15 +239,31 @@ class RunData:
     def evals(self) -> list[dict]:
         return [e for e in self.events if e["type"] == "eval" and finite(e.get("score"))]
 
-    def series(self, name: str) -> tuple[list[int], list[float]]:
-        """Steps and statistic values of one component (only the checks that included it)."""
+    def series(self, name: str, key: str = "values") -> tuple[list[int], list[float]]:
+        """Steps and statistic values of one component (only the checks that included it); key "smoothed":
+        the smoothed statistic, logged when smoothing is on."""
         steps, values = [], []
         for chk in self.checks:
-            vals = chk.get("values") or {}
+            vals = chk.get(key) or {}
             if name in vals:
                 steps.append(int(chk["step"]))
                 values.append(num(vals[name]))
         return steps, values
+
+    def compared_series(self, name: str) -> tuple[list[int], list[float]]:
+        """What the rule compared with tau at each check: the smoothed statistic when the run smoothed it,
+        else the statistic itself."""
+        steps, values = self.series(name, "smoothed")
+        return (steps, values) if steps else self.series(name)
+
+    @property
+    def smoothing(self) -> float | None:
+        """The smoothing factor of the run's rule, when its logs carry smoothed values."""
+        if not any(chk.get("smoothed") for chk in self.checks):
+            return None
+        grades = self.config.get("grades") if isinstance(self.config.get("grades"), dict) else {}
+        beta = num(grades.get("smoothing"))
+        return beta if math.isfinite(beta) else math.nan
 
     def tau_of(self, name: str) -> float:
         """The threshold last in force for a component (nan if never logged)."""

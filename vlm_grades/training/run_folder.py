@@ -77,6 +77,19 @@ def check_can_create(path: Path, flag: str = "--out") -> None:
                 folder.rmdir()
 
 
+def check_can_write_file(path: Path, flag: str = "--out") -> None:
+    """`path` can be written as a file (its folder created if need be), tried for real before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: a folder; name a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path}: not writable")
+    try:
+        check_can_create(path.parent, flag)
+    except UserError as e:
+        raise UserError(f"{flag} {path}: cannot write there ({str(e).split(': ', 1)[-1]})") from None
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
     """Yields records; a torn last line (a run killed mid-write) is skipped, not fatal."""
     if not Path(path).exists():
