@@ -61,5 +61,5 @@ def test_a_resumed_run_keeps_its_thresholds_but_those_flagged_now(tmp_path):
 def test_a_bad_modality_in_the_yaml_is_named_even_under_a_flag(tmp_path):
     from vlm_grades.errors import UserError
 
-    with pytest.raises(UserError, match="grades.tau: unknown modality sound"):
+    with pytest.raises(UserError, match=r"^--config \S+settings.yaml: grades.tau.sound: unknown modality"):
         thresholds(tmp_path, "grades:\n  tau: {sound: 0.2}\n", "--tau-vision", "1")

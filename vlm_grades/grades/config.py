@@ -161,8 +161,7 @@ def normalize_tau(tau: Any) -> dict[str, Tau]:
     if isinstance(tau, dict):
         unknown = sorted(set(tau) - set(MODALITIES))
         if unknown:
-            raise UserError(f"grades.tau: unknown modality {', '.join(map(str, unknown))}; "
-                            f"use {', '.join(MODALITIES)}")
+            raise UserError(f"grades.tau.{unknown[0]}: unknown modality; use {', '.join(MODALITIES)}")
         return {m: _one_tau(tau.get(m), f".{m}") for m in MODALITIES}
     one = _one_tau(tau, "")
     if one is None:
