@@ -63,3 +63,20 @@ def test_a_bad_modality_in_the_yaml_is_named_even_under_a_flag(tmp_path):
 
     with pytest.raises(UserError, match=r"^--config \S+settings.yaml: grades.tau.sound: unknown modality"):
         thresholds(tmp_path, "grades:\n  tau: {sound: 0.2}\n", "--tau-vision", "1")
+
+
+@pytest.mark.parametrize("yaml_text,flags,message", [
+    (None, ["--tau", "0.5", "--tau-vision", "-1"], "^--tau-vision: must be a finite number > 0"),
+    (None, ["--tau-vision", "1", "--tau", "-2"], "^--tau: must be a finite number > 0"),
+    ("grades:\n  tau: {vision: 0.2, language: 0}\n", ["--tau-vision", "1"],
+     r"^--config \S+settings.yaml: grades.tau.language: must be a finite number > 0"),
+])
+def test_a_bad_threshold_is_named_as_given(tmp_path, yaml_text, flags, message):
+    from vlm_grades.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        thresholds(tmp_path, yaml_text, *flags)
+
+
+def test_a_flag_overrides_a_bad_threshold_of_the_config_file(tmp_path):
+    assert thresholds(tmp_path, "grades:\n  tau: {vision: -1}\n", "--tau-vision", "1e-3") == (1e-3, A, A)

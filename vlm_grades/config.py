@@ -330,7 +330,10 @@ def _merge(layers) -> dict[str, Any]:
     if taus:
         from vlm_grades.grades.config import layer_tau
 
-        merged["grades"]["tau"] = layer_tau(merged["grades"].get("preset") or "default", *taus)
+        try:
+            merged["grades"]["tau"] = layer_tau(merged["grades"].get("preset") or "default", *taus)
+        except UserError:
+            merged["grades"]["tau"] = taus[-1] if len(taus) == 1 else tuple(taus)   # named by validate()
     return merged
 
 

@@ -18,8 +18,9 @@ _NAME = re.compile(r"(grades\.[a-z_]+(?:\.[a-z]+)?|--[a-z][a-z0-9-]*)(?=[: ])")
 def _lookup(layer: dict | None, path: list[str]) -> bool:
     node = layer
     for i, key in enumerate(path):
-        if isinstance(node, tuple):   # the flags' thresholds: --tau, then the --tau-<modality> mapping
-            return any(_lookup({key: part}, path[i:]) for part in node if isinstance(part, dict))
+        if path[:i] == ["grades", "tau"]:   # one threshold sets every modality; the flags give --tau, then a mapping
+            parts = node if isinstance(node, tuple) else (node,)
+            return any(not isinstance(part, dict) or key in part for part in parts)
         if not isinstance(node, dict) or key not in node:
             return False
         node = node[key]

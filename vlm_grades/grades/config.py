@@ -159,14 +159,18 @@ def _one_tau(value: Any, where: str) -> Tau:
 def normalize_tau(tau: Any) -> dict[str, Tau]:
     """"auto" | number | {modality: number | "auto" | None} -> {modality: ...} for all three modalities."""
     if isinstance(tau, dict):
-        unknown = sorted(set(tau) - set(MODALITIES))
-        if unknown:
-            raise UserError(f"grades.tau.{unknown[0]}: unknown modality; use {', '.join(MODALITIES)}")
+        _known(tau)
         return {m: _one_tau(tau.get(m), f".{m}") for m in MODALITIES}
     one = _one_tau(tau, "")
     if one is None:
         raise UserError("grades.tau: null switches every modality off; give a number, 'auto' or a mapping")
     return {m: one for m in MODALITIES}
+
+
+def _known(tau: dict) -> None:
+    unknown = sorted(set(tau) - set(MODALITIES), key=str)
+    if unknown:
+        raise UserError(f"grades.tau.{unknown[0]}: unknown modality; use {', '.join(MODALITIES)}")
 
 
 def layer_tau(preset: str, *layers: Any) -> dict[str, Tau]:
@@ -178,7 +182,7 @@ def layer_tau(preset: str, *layers: Any) -> dict[str, Tau]:
     tau: dict[str, Any] = dict(OFFICIAL["tau"]) if official else {m: "auto" for m in MODALITIES}
     for layer in _flat(layers):
         if isinstance(layer, dict):
-            normalize_tau(layer)                   # unknown modalities, bad values: one line naming them
+            _known(layer)                          # a bad value may be overridden by a later layer: checked last
             tau.update(layer)
         elif layer is None:
             raise UserError("grades.tau: null switches every modality off; give a number, 'auto' or a mapping")
