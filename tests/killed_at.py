@@ -9,10 +9,7 @@ import os
 import signal
 import sys
 
-import torch.distributed.checkpoint as dcp
-
 from vlm_grades.cli import main
-from vlm_grades.parallel import sharded_checkpoint
 from vlm_grades.training import checkpoint
 from vlm_grades.training.run_folder import RunFolder
 
@@ -29,7 +26,7 @@ def inside(path) -> bool:
 
 
 if point == "checkpoint":
-    live_write, live_save = checkpoint.write_parts, dcp.save
+    live_write = checkpoint.write_parts
 
     def write_parts(tmp, parts):
         items = list(parts.items())
@@ -38,14 +35,21 @@ if point == "checkpoint":
             die()
         live_write(tmp, dict(items[-1:]))
 
-    def save(state, *args, checkpoint_id=None, **kwargs):   # FSDP: each rank's shards
-        result = live_save(state, *args, checkpoint_id=checkpoint_id, **kwargs)
-        if inside(checkpoint_id):
-            die()
-        return result
+    checkpoint.write_parts = write_parts
+    if "fsdp" in sys.argv:                      # torch.distributed.checkpoint takes seconds to import
+        import torch.distributed.checkpoint as dcp
 
-    checkpoint.write_parts = sharded_checkpoint.write_parts = write_parts
-    dcp.save = save
+        from vlm_grades.parallel import sharded_checkpoint
+
+        live_save = dcp.save
+
+        def save(state, *args, checkpoint_id=None, **kwargs):   # each rank's shards
+            result = live_save(state, *args, checkpoint_id=checkpoint_id, **kwargs)
+            if inside(checkpoint_id):
+                die()
+            return result
+
+        sharded_checkpoint.write_parts, dcp.save = write_parts, save
 elif point == "step":
     live_append = RunFolder.append
 
