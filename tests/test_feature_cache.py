@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TOL, cached_losses_equal_the_tower, nano_batches, per_image_bytes, rel
+from conftest import TOL, cached_losses_equal_the_tower, final_weights, nano_batches, per_image_bytes, rel
 from vlm_grades.cli import main
 from vlm_grades.config import TrainConfig
 from vlm_grades.data.schema import Sample
@@ -85,12 +85,6 @@ RUN = ["train", "--model", "nanovlm", "--max-samples", "128", "--batch-size", "8
        "--stopping", "none", "--freeze", "vision,projector"]
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "final" / "model.safetensors"))
-
-
 def test_training_with_frozen_tower_uses_the_cache_and_matches_the_tower(tmp_path, capsys):
     assert main(RUN + ["--out", str(tmp_path / "cached")]) == 0
     assert "feature cache on from step 0" in capsys.readouterr().out
@@ -111,7 +105,7 @@ def test_training_with_frozen_tower_uses_the_cache_and_matches_the_tower(tmp_pat
     assert saved["cached"] - saved["plain"] == pytest.approx(2 * vision * skipped)   # the skipped forwards
     first = [RunFolder(tmp_path / r).read("metrics")[0]["loss"] for r in ("cached", "plain")]
     assert abs(first[0] - first[1]) < TOL * abs(first[1])
-    a, b = weights(tmp_path / "cached"), weights(tmp_path / "plain")
+    a, b = final_weights(tmp_path / "cached"), final_weights(tmp_path / "plain")
     assert max(rel(a[k], b[k]) for k in a) < 1e-3       # 16 AdamW steps amplify 1e-7 differences of the features
 
 
@@ -120,10 +114,10 @@ def test_resumed_run_with_cache_ends_with_the_weights_of_an_uninterrupted_one(tm
 
     run = tmp_path / "run"
     assert main(RUN + ["--out", str(run)]) == 0
-    whole = weights(run)
+    whole = final_weights(run)
     shutil.rmtree(run / "final")          # train it again from its step-8 checkpoint, with an empty cache
     assert main(RUN + ["--out", str(run), "--resume"]) == 0
-    again = weights(run)
+    again = final_weights(run)
     assert set(again) == set(whole)
     assert all(torch.equal(again[k], whole[k]) for k in whole)
     step9 = [m for m in RunFolder(run).read("metrics") if m["step"] == 9][0]["feature_cache"]
@@ -156,8 +150,8 @@ def test_the_cache_switches_on_when_grades_finalizes_the_tower_mid_run_and_after
     losses = [[m["loss"] for m in RunFolder(r).read("metrics")] for r in (cached, plain)]
     assert losses[0][:4] == losses[1][:4]                               # the same run until the switch
     assert losses[0][4:] == pytest.approx(losses[1][4:], rel=1e-4)      # then the tower's features, from the cache
-    whole = weights(cached)
-    assert max(rel(whole[k], v) for k, v in weights(plain).items()) < 1e-3
+    whole = final_weights(cached)
+    assert max(rel(whole[k], v) for k, v in final_weights(plain).items()) < 1e-3
 
     shutil.rmtree(cached / "final")      # resumed from its step-6 checkpoint: the tower is frozen from the start
     assert main(MID_RUN + ["--out", str(cached), "--resume"]) == 0
@@ -165,7 +159,7 @@ def test_the_cache_switches_on_when_grades_finalizes_the_tower_mid_run_and_after
     assert events == [(4, "on"), (6, "on")]
     step7 = [m for m in RunFolder(cached).read("metrics") if m["step"] == 7][0]["feature_cache"]
     assert step7["hits"] + step7["misses"] == 8 and step7["misses"] > 0  # rebuilt from empty at step 6
-    again = weights(cached)
+    again = final_weights(cached)
     assert all(torch.equal(again[k], whole[k]) for k in whole)
 
 
