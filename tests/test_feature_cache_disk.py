@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TOL, cached_losses_equal_the_tower, nano_batches, per_image_bytes
+from conftest import TOL, cached_losses_equal_the_tower, nano_batches, one_line_error, per_image_bytes
 from vlm_grades.cli import main
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
@@ -117,8 +117,7 @@ def test_bad_disk_flags_fail_in_one_line(tmp_path, capsys):
             TrainConfig.build(settings)
         assert "\n" not in str(info.value)
     assert main(RUN + ["--out", str(tmp_path / "run"), "--feature-cache-disk", "2 parsecs"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--feature-cache-disk: expected a size" in err
+    one_line_error(capsys.readouterr().err, "--feature-cache-disk: expected a size")
     assert not (tmp_path / "run").exists()
 
 

@@ -18,6 +18,7 @@ from nanovlm import native_format as nf
 from nanovlm.config import VLMConfig
 from nanovlm.tiling import image_token_layout, tiled_size
 from nanovlm.vision_language_model import VisionLanguageModel
+from conftest import one_line_error
 from vlm_grades.cli import main
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
@@ -192,8 +193,8 @@ def test_config_this_code_cannot_reproduce_names_the_field(tok, tmp_path, field,
     folder = write_checkpoint(tmp_path / "odd", cfg)
     rc = main(["train", "--model", "nanovlm", "--model-path", str(folder), "--steps", "4", "--no-progress",
                "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
+    assert rc == 2
+    one_line_error(capsys.readouterr().err, match)
 
 
 def test_offline_hub_id_is_a_one_line_error(monkeypatch):
@@ -241,7 +242,7 @@ def test_tiles_are_the_image_cut_row_major_after_a_global_view(tok, tmp_path):
     view shows each colour in its own corner (not transposed, not mirrored)."""
     import numpy as np
 
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "t", tiled_config(tok, vocab(tok, True))))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "t", tiled_config(tok, vocab(tok, True))))
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     pixels = torch.from_numpy(noise).permute(2, 0, 1).float() / 255                 # 64x64: no resize
     views, grid = adapter.image_tensors(Image.fromarray(noise))
