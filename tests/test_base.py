@@ -59,13 +59,8 @@ def test_the_default_fine_tunes_the_base_and_from_scratch_keeps_the_old_recipe()
     scratch = TrainConfig.build({"from_scratch": True})
     assert scratch.model_path is None and scratch.steps == 2000 and scratch.lr_language == 1e-3
     assert (scratch.mix_task, scratch.mix_fraction) == ("easyvqa-caption", 0.5)
-<<<<<<< HEAD
-    given = TrainConfig.build({"model_path": "some/run/final"})
-    assert given.model_path == "some/run/final" and (given.steps, given.lr_vision) == (1000, 3e-4)
-=======
     given = TrainConfig.build({"model_path": "someone/nanoVLM-fine"})      # a hub id: fetched when training
-    assert given.model_path == "someone/nanoVLM-fine" and given.steps == FINETUNE_DEFAULTS["steps"]
->>>>>>> main
+    assert given.model_path == "someone/nanoVLM-fine" and (given.steps, given.lr_vision) == (1000, 3e-4)
     assert TrainConfig.build({"task": "easyvqa-caption"}).model_path is None      # captions: from scratch
     assert TrainConfig.build({"preset": "smol"}).model_path is None               # no base for smol
     with pytest.raises(UserError, match="^--from-scratch: only for --model nanovlm without --model-path$"):
