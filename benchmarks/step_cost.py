@@ -15,7 +15,8 @@ alternates), after a warm-up block of each; reported: the median of the per-repe
 
 Ideal (vlm_grades/report/flops.py): baseline step = sum over modalities of 6 P r + 10 P (P parameters,
 r rows of the batch for that modality); a frozen matrix of n parameters saves 2 n r + 10 n (its weight-gradient
-GEMM and its AdamW update); a finalized modality saves 4 P r + 10 P (its whole backward and update).
+GEMM and its AdamW update); a finalized modality saves 2 P r + 10 P (its weight gradients and update), and
+4 P r + 10 P (its whole backward) when no modality upstream of it still trains.
 achieved / ideal = measured speedup / ideal speedup; saving achieved = measured saving / ideal saving.
 """
 from __future__ import annotations
@@ -122,7 +123,8 @@ class Trainee:
 # ------------------------------------------------------------------ ideal
 def ideal_ratio(trainee: Trainee, rows: dict[str, int]) -> float:
     """Cost of the scenario's step / cost of the unfrozen step, in the FLOP model of vlm_grades.report.flops."""
-    from vlm_grades.report.flops import BWD_INPUT, BWD_WEIGHT, FWD, OPTIMIZER
+    from vlm_grades.report.flops import BWD_INPUT, BWD_WEIGHT, FWD, OPTIMIZER, finalized_saving
+    from vlm_grades.report.run_data import MODALITIES
 
     params = trainee.registry.modality_parameters(trainee.model)
     base = saved = 0.0
@@ -131,10 +133,14 @@ def ideal_ratio(trainee: Trainee, rows: dict[str, int]) -> float:
         P, r = sum(p.numel() for _, p in named), rows.get(m, 0)
         base += (FWD + BWD_INPUT + BWD_WEIGHT) * P * r + OPTIMIZER * P
         if m in trainee.finalized:
-            saved += (BWD_INPUT + BWD_WEIGHT) * P * r + OPTIMIZER * P
+            upstream = MODALITIES[:MODALITIES.index(m)]
+            saved += finalized_saving(P, r, any(u not in trainee.finalized for u in upstream))
             if trainee.cached and m in ("vision", "projector"):
                 saved += FWD * P * r                   # every image's features come from the cache
             continue
+        first = [c for c in trainee.registry.components if c.modality == m][:1]
+        if m == "projector" and first and "vision" in trainee.finalized:   # its first input gradient is for vision
+            saved += BWD_INPUT * sum(p.numel() for _, p in first[0].params) * r
         for c in trainee.registry.components:
             if c.modality == m and c.name in frozen:
                 n = sum(p.numel() for _, p in c.params)

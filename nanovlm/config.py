@@ -6,6 +6,7 @@ Defaults are the `tiny` preset (trains in minutes on 2 CPU cores). `VLMConfig.pr
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,10 @@ class VLMConfig:
             if not ok:
                 raise ValueError(f"VLMConfig: {msg}")
 
+        for f in dataclasses.fields(self):     # types first: the checks below fail obscurely on a string
+            kind = "id" if f.name.endswith("_token_id") else f.type
+            wrong = wrong_type(f.name, kind, getattr(self, f.name)) if kind in EXPECTED else None
+            need(wrong is None, wrong or "")
         need(self.vit_stem in ("patch", "conv"), f"vit_stem must be 'patch' or 'conv', got {self.vit_stem!r}")
         need(self.vit_patch_size >= 1 and self.vit_img_size % self.vit_patch_size == 0,
              f"vit_img_size {self.vit_img_size} is not a multiple of vit_patch_size {self.vit_patch_size}")
@@ -98,6 +103,34 @@ class VLMConfig:
         if unknown:
             raise ValueError(f"unknown nanoVLM config keys: {', '.join(unknown)}")
         return cls(**d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# JSON value kinds of config fields: what each must be, and the test
+EXPECTED = {"int": "a positive integer", "id": "an integer >= 0", "float": "a number", "bool": "true or false",
+            "str": "a string", "tokens": "an object of strings"}
+_HAS_KIND = {
+    "int": lambda v: _is_int(v) and v >= 1,
+    "id": lambda v: _is_int(v) and v >= 0,
+    "float": lambda v: _is_int(v) or isinstance(v, float),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "tokens": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+}
+
+
+def wrong_type(name: str, kind: str, value: Any) -> str | None:
+    """"<name> must be <what kind asks>, got <value as JSON>" when `value` is not of `kind`, else None."""
+    if _HAS_KIND[kind](value):
+        return None
+    try:
+        shown = json.dumps(value)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    return f"{name} must be {EXPECTED[kind]}, got {shown}"
 
 
 _SMOLLM2_135M = dict(

@@ -41,16 +41,24 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin for explicit position ids; frequencies repeated as [f, f] (rotate_half convention)."""
+    """cos/sin for explicit position ids; frequencies repeated as [f, f] (rotate_half convention).
+
+    nanoVLM's linear rescaling: when a call's largest position + 1 (max_seq) exceeds lm_max_position_embeddings,
+    every frequency is divided by max_seq / lm_max_position_embeddings for that call. Decoding with a KV cache
+    rescales per step from the new token's position, as nanoVLM does."""
 
     def __init__(self, cfg: VLMConfig):
         super().__init__()
         head_dim = cfg.lm_hidden_dim // cfg.lm_n_heads
         inv_freq = 1.0 / (cfg.lm_re_base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.max_positions = cfg.lm_max_position_embeddings
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids.float()[:, :, None] * self.inv_freq.float()[None, None, :]  # (B, T, hd/2)
+        max_seq = position_ids.max() + 1
+        scale = torch.clamp(max_seq / self.max_positions, min=1.0)          # 1.0 divides exactly: no change
+        inv_freq = self.inv_freq.float() / scale
+        freqs = position_ids.float()[:, :, None] * inv_freq[None, None, :]                 # (B, T, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)                                             # (B, T, hd)
         return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]                 # (B, 1, T, hd)
 

@@ -3,22 +3,28 @@ VLMConfig fields (vit_*, lm_*, mp_*, extra tokens) and a `model.safetensors` wri
 `save_model`, so the names are nanoVLM's module paths, the rotary `inv_freq` buffer is stored and of the
 tied head / token embedding only `decoder.head.weight` is kept.
 
-Three pipelines share the weight names and differ in how images reach the prompt:
-- "v0.1" (nanoVLM-222M): one square image, its embeddings prepended to "Question: ... Answer: ".
-- "image-token" (nanoVLM-450M, June 2025): one square image, `<|image|>` x mp_image_token_length in the
-  first user message of the chat template.
+Four pipelines share the weight names and differ in how images reach the prompt:
+- "v0.1" (nanoVLM-222M): one square image, its embeddings prepended to the text ("Question: ... Answer:"),
+  trained on f"{prompt}{answer}{eos}".
+- "v0.2" (nanoVLM-450M, upstream tag v0.2, June 2025): one square image, `<|image|>` x mp_image_token_length
+  then the text, no chat template, trained on f"{image tokens}{prompt}{answer}{eos}". Its configs have
+  vlm_extra_tokens {"image_token": ...}, no lm_chat_template, and IMAGE_TOKEN_LENGTH / TOTAL_SEQUENCE_LENGTH
+  (which only set nanoVLM's lm_max_length).
+- "image-token" (main after v0.2, before the tiles): as v0.2, but the image tokens and the prompt form the
+  first user message of lm_chat_template.
 - "tiled" (main since mid 2025): the image is resized to multiples of vit_img_size (at most max_img_size),
   cut into tiles, each preceded by a `<row_i_col_j>` token; with `global_image_token`, a global view
   (the whole image at vit_img_size) comes first.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from nanovlm.config import VLMConfig
+from nanovlm.config import VLMConfig, wrong_type
 from nanovlm.errors import CheckpointError
 
 # config fields that decide the weights' shapes or the forward pass
@@ -36,11 +42,35 @@ PIPELINE_FIELDS = {
 # fields only nanoVLM's own training reads (backbone sources, paths, its length budget): kept for export
 TRAINING_FIELDS = {
     "vit_model_type", "lm_model_type", "lm_max_length", "vlm_load_backbone_weights", "vlm_checkpoint_path",
-    "hf_repo_name",
+    "hf_repo_name", "IMAGE_TOKEN_LENGTH", "TOTAL_SEQUENCE_LENGTH",
 }
 KNOWN_FIELDS = MODEL_FIELDS | PIPELINE_FIELDS | TRAINING_FIELDS
 ROTARY_BUFFER = "decoder.rotary_embd.inv_freq"
-V01_PROMPT = "Question: {question} Answer: "
+_TILE_KEY = re.compile(r"r[1-9]\d*c[1-9]\d*")
+
+# the kind of JSON value each field this code reads must hold (nanovlm.config.EXPECTED); null stands for
+# "absent" only where the field is optional
+_POSITIVE_INTS = ("vit_hidden_dim", "vit_inter_dim", "vit_patch_size", "vit_img_size", "vit_n_heads", "vit_n_blocks",
+                  "lm_hidden_dim", "lm_inter_dim", "lm_max_position_embeddings", "lm_vocab_size", "lm_n_heads",
+                  "lm_n_kv_heads", "lm_n_blocks", "mp_pixel_shuffle_factor", "mp_image_token_length", "max_img_size")
+FIELD_KINDS: dict[str, str] = {
+    **{name: "int" for name in _POSITIVE_INTS},
+    "lm_eos_token_id": "id", "lm_base_vocab_size": "id", "extra_token_amount": "id",
+    **{name: "float" for name in ("vit_dropout", "vit_ln_eps", "lm_rms_eps", "lm_re_base", "lm_dropout",
+                                  "lm_attn_scaling")},
+    **{name: "bool" for name in ("vit_cls_flag", "lm_use_tokens", "lm_tie_weights", "resize_to_max_side_len")},
+    "lm_tokenizer": "str", "lm_chat_template": "str", "vlm_extra_tokens": "tokens",
+}
+OPTIONAL_FIELDS = {"lm_eos_token_id", "lm_chat_template", "vlm_extra_tokens"}
+
+
+def check_field_types(raw: dict, source: str) -> None:
+    """CheckpointError "<source>: field <name> must be <kind>, got <value>" for the first mistyped field."""
+    for name, kind in FIELD_KINDS.items():
+        if name in raw and not (raw[name] is None and name in OPTIONAL_FIELDS):
+            wrong = wrong_type(name, kind, raw[name])
+            if wrong:
+                raise CheckpointError(f"{source}: field {wrong}")
 
 
 def is_native_config(raw: Any) -> bool:
@@ -50,7 +80,7 @@ def is_native_config(raw: Any) -> bool:
 
 @dataclass
 class NativePipeline:
-    kind: str                                   # "v0.1" | "image-token" | "tiled"
+    kind: str                                   # "v0.1" | "v0.2" | "image-token" | "tiled"
     tokenizer: str                              # lm_tokenizer: hub id or folder
     extra_tokens: dict[str, str] = field(default_factory=dict)
     chat_template: str | None = None
@@ -73,6 +103,7 @@ def translate_config(raw: dict, source: str = "config.json") -> tuple[VLMConfig,
     unknown = sorted(set(raw) - KNOWN_FIELDS)
     if unknown:
         raise bad(f"field {unknown[0]} is not a nanoVLM field this code can reproduce")
+    check_field_types(raw, source)
     for name in ("vit_hidden_dim", "vit_patch_size", "vit_img_size", "vit_n_heads", "vit_n_blocks", "lm_hidden_dim",
                  "lm_inter_dim", "lm_n_heads", "lm_n_kv_heads", "lm_n_blocks", "lm_vocab_size", "lm_tokenizer"):
         if name not in raw:
@@ -110,12 +141,18 @@ def translate_config(raw: dict, source: str = "config.json") -> tuple[VLMConfig,
         kind = "v0.1"
     elif "image_token" not in extra:
         raise bad("vlm_extra_tokens has no image_token")
+    elif "max_img_size" in raw:
+        kind = "tiled"
     else:
-        kind = "tiled" if "max_img_size" in raw else "image-token"
+        kind = "image-token" if raw.get("lm_chat_template") else "v0.2"
     pipe = NativePipeline(kind=kind, tokenizer=str(raw["lm_tokenizer"]), extra_tokens=dict(extra),
                           chat_template=raw.get("lm_chat_template"), eos_token_id=raw.get("lm_eos_token_id"))
-    if kind != "v0.1" and not pipe.chat_template:
-        raise bad("lm_chat_template missing (the image-token pipelines format prompts with it)")
+    if kind == "tiled" and not pipe.chat_template:
+        raise bad("lm_chat_template missing (the tiled pipeline formats prompts with it)")
+    for key in extra:   # a token this code would not place (nanoVLM had <|image_start|>/<|image_end|> once)
+        tile_key = key == "global_image_token" or _TILE_KEY.fullmatch(key)
+        if key != "image_token" and not (kind == "tiled" and tile_key):
+            raise bad(f"vlm_extra_tokens {key} is not placed by the {kind} pipeline this code reproduces")
     if kind == "tiled":
         m, p = int(raw["max_img_size"]), cfg.vit_img_size
         if m < p or m % p:

@@ -10,10 +10,15 @@ import torch.nn.functional as F
 
 def tiled_size(h: int, w: int, tile: int, max_side: int, to_max_side: bool = False) -> tuple[int, int]:
     """(new_h, new_w): the long side becomes a multiple of `tile` of at most `max_side` (exactly max_side when
-    `to_max_side`), the short side keeps the aspect ratio, rounded up to a multiple of `tile`."""
+    `to_max_side`), the short side keeps the aspect ratio, rounded up to a multiple of `tile`.
+
+    The floating-point operations are nanoVLM's, in its order: the scale first, then short * scale / tile.
+    Where the exact quotient is a whole number (1100x1100 -> 1536) the rounding can land just above it and
+    ceil adds a row or column of tiles; nanoVLM trained and evaluates with that, so it is kept."""
     long, short = max(h, w), min(h, w)
     target_long = max_side if to_max_side else min(max_side, math.ceil(long / tile) * tile)
-    target_short = max(math.ceil(short * target_long / long / tile) * tile, tile)
+    scale = target_long / long
+    target_short = max(math.ceil(short * scale / tile) * tile, tile)
     return (target_short, target_long) if w >= h else (target_long, target_short)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nanovlm import BASE_DIR
-from vlm_grades.config import FINETUNE_DEFAULTS, TrainConfig
+from vlm_grades.config import TrainConfig
 from vlm_grades.data.scenes import load_scenes
 from vlm_grades.errors import UserError
 
@@ -51,15 +51,16 @@ def test_base_loads_offline_and_meets_its_stated_score(tmp_path, monkeypatch):
 
 
 def test_the_default_fine_tunes_the_base_and_from_scratch_keeps_the_old_recipe():
+    # the recipe README states ("1000 planned steps, batch 64, lr 3e-4, GradES defaults"), not the code's constants
     cfg = TrainConfig.build({})
-    assert cfg.model_path == str(BASE_DIR) and not cfg.from_scratch
-    assert cfg.mix_fraction == 0.0 and cfg.steps == FINETUNE_DEFAULTS["steps"]
-    assert cfg.lr_language == FINETUNE_DEFAULTS["lr_language"]
+    assert cfg.model_path == str(BASE_DIR) and not cfg.from_scratch and cfg.task == "easyvqa"
+    assert (cfg.steps, cfg.batch_size, cfg.mix_fraction, cfg.schedule, cfg.stopping) == (1000, 64, 0.0, "cosine", "grades")
+    assert (cfg.lr_vision, cfg.lr_projector, cfg.lr_language) == (3e-4, 3e-4, 3e-4)
     scratch = TrainConfig.build({"from_scratch": True})
     assert scratch.model_path is None and scratch.steps == 2000 and scratch.lr_language == 1e-3
     assert (scratch.mix_task, scratch.mix_fraction) == ("easyvqa-caption", 0.5)
     given = TrainConfig.build({"model_path": "someone/nanoVLM-fine"})      # a hub id: fetched when training
-    assert given.model_path == "someone/nanoVLM-fine" and given.steps == FINETUNE_DEFAULTS["steps"]
+    assert given.model_path == "someone/nanoVLM-fine" and (given.steps, given.lr_vision) == (1000, 3e-4)
     assert TrainConfig.build({"task": "easyvqa-caption"}).model_path is None      # captions: from scratch
     assert TrainConfig.build({"preset": "smol"}).model_path is None               # no base for smol
     with pytest.raises(UserError, match="^--from-scratch: only for --model nanovlm without --model-path$"):

@@ -38,6 +38,21 @@ def test_end_to_end_minimal(tmp_path):
     classic = next(r for r in group["runs"] if r["mode"] == "classic")
     assert classic["validation_s"] > 0
     assert group["aggregate"]["none"]["speedup_wall"] == pytest.approx(1.0)
+    # the table's figures are the run folders' own: steps and score from summary.json, FLOPs from the report's
+    # estimate, speedups the ratios of `none` over the mode (one seed: one pair)
+    from vlm_grades.report import flops
+    from vlm_grades.report.run_data import RunData
+
+    by_mode = {r["mode"]: r for r in group["runs"]}
+    for r in group["runs"]:
+        summary = json.loads((Path(r["run"]) / "summary.json").read_text())
+        assert (r["steps"], r["score"]) == (summary["steps"], summary["eval"]["score"])
+        assert r["flops"] == flops.estimate(RunData.load(r["run"]))["total"]["actual"]
+    for mode in ("grades", "official", "snr"):
+        agg, none, run = group["aggregate"][mode], by_mode["none"], by_mode[mode]
+        assert agg["speedup_wall"] == pytest.approx(none["loop_wall"] / run["loop_wall"])
+        assert agg["speedup_flops"] == pytest.approx(none["flops"] / run["flops"])
+        assert agg["score_delta"] == agg["worst_delta"] == pytest.approx(run["score"] - none["score"])
     assert "| grades |" in (results / "end_to_end-smoke.md").read_text()
 
     # a second process runs seed 1, official with the first one's thresholds (no calibration run);

@@ -5,9 +5,9 @@ import json
 from collections import Counter
 
 import pytest
-import torch
 from torch import nn
 
+from conftest import tiny_nanovlm
 from vlm_grades.components import MODALITIES, build_registry, registry_table
 from vlm_grades.errors import UserError
 
@@ -26,14 +26,6 @@ class OldLayoutQwen(nn.Module):
         lm = new.model.language_model
         self.model.embed_tokens, self.model.layers, self.model.norm = lm.embed_tokens, lm.layers, lm.norm
         self.lm_head = new.lm_head
-
-
-def tiny_nanovlm(preset: str = "tiny"):
-    from nanovlm.config import VLMConfig
-    from nanovlm.vision_language_model import VisionLanguageModel
-
-    torch.manual_seed(0)
-    return VisionLanguageModel(VLMConfig.preset(preset))
 
 
 def kinds(reg, modality):

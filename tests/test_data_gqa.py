@@ -76,6 +76,12 @@ def test_hf_streaming_shuffled(tmp_path, monkeypatch):
     stream = load_samples("gqa", d["source"], split="testdev", streaming=True, shuffle=True, seed=1)
     ids = [s.id for s in stream]
     assert sorted(ids) == sorted(d["question_ids"]) and ids == [s.id for s in stream]
+    plain = [s.id for s in load_samples("gqa", d["source"], split="testdev", streaming=True)]
+    other = [s.id for s in load_samples("gqa", d["source"], split="testdev", streaming=True, shuffle=True, seed=3)]
+    assert plain == sorted(plain) and ids != plain and other != ids      # shuffled, and by the seed
+    stream.set_epoch(1)
+    epoch1 = [s.id for s in stream]
+    assert sorted(epoch1) == sorted(ids) and epoch1 != ids and epoch1 == [s.id for s in stream]   # a new epoch
 
 
 def test_hf_folder_without_the_images_config(tmp_path):

@@ -5,27 +5,19 @@ writes the same predictions with and without it; --feature-cache validation."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from vlm_grades.cli import main  # noqa: E402
-from vlm_grades.config import TrainConfig  # noqa: E402
-from vlm_grades.data.schema import Sample  # noqa: E402
-from vlm_grades.errors import UserError  # noqa: E402
-from vlm_grades.feature_cache.memory import FeatureCache, parse_size  # noqa: E402
-from vlm_grades.training.run_folder import RunFolder  # noqa: E402
-
-TOL = 1e-6
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+from conftest import TOL, cached_losses_equal_the_tower, final_weights, nano_batches, per_image_bytes, rel
+from vlm_grades.cli import main
+from vlm_grades.config import TrainConfig
+from vlm_grades.data.schema import Sample
+from vlm_grades.errors import UserError
+from vlm_grades.feature_cache.memory import FeatureCache, parse_size
+from vlm_grades.training.run_folder import RunFolder
 
 
 # ---------------------------------------------------------------- the store
@@ -114,41 +106,6 @@ def test_a_cache_that_mostly_misses_switches_itself_off(tmp_path):
 
 
 # ---------------------------------------------------------------- nanoVLM
-@pytest.fixture(scope="module")
-def nano():
-    from vlm_grades.models import build_adapter
-    from vlm_grades.training.data import load_split
-
-    torch.manual_seed(0)
-    cfg = TrainConfig.build({"model": "nanovlm", "task": "easyvqa", "max_samples": 96, "progress": False,
-                            "from_scratch": True})   # random weights: a loss far from 0
-    samples = load_split(cfg, cfg.split, cfg.max_samples, "training")
-    return build_adapter(cfg, samples), samples
-
-
-def nano_batches(adapter, samples, size=16):
-    return [adapter.collate([adapter.preprocess(s, train=True) for s in samples[i:i + size]])
-            for i in range(0, len(samples), size)]
-
-
-def per_image_bytes(adapter) -> int:
-    return adapter.cfg.mp_image_token_length * adapter.cfg.lm_hidden_dim * 4   # float32 projector output
-
-
-def cached_losses_equal_the_tower(adapter, batches, cache: FeatureCache) -> dict:
-    """Two passes over `batches` with `cache`: every loss equals the uncached one; -> the cache's stats"""
-    with torch.no_grad():
-        plain = [adapter.loss(b) for b in batches]
-        adapter.feature_cache = cache
-        try:
-            for _ in range(2):
-                for b, ref in zip(batches, plain):
-                    assert rel(adapter.loss(b), ref) < TOL
-            return cache.stats()
-        finally:
-            adapter.feature_cache = None
-
-
 def test_nanovlm_cached_loss_and_logits_equal_the_tower(nano):
     adapter, samples = nano
     batch = nano_batches(adapter, samples)[0]
@@ -183,12 +140,6 @@ RUN = ["train", "--model", "nanovlm", "--max-samples", "128", "--batch-size", "8
        "--stopping", "none", "--freeze", "vision,projector"]
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "final" / "model.safetensors"))
-
-
 def test_training_with_frozen_tower_uses_the_cache_and_matches_the_tower(tmp_path, capsys):
     assert main(RUN + ["--out", str(tmp_path / "cached")]) == 0
     assert "feature cache on from step 0" in capsys.readouterr().out
@@ -209,7 +160,7 @@ def test_training_with_frozen_tower_uses_the_cache_and_matches_the_tower(tmp_pat
     assert saved["cached"] - saved["plain"] == pytest.approx(2 * vision * skipped)   # the skipped forwards
     first = [RunFolder(tmp_path / r).read("metrics")[0]["loss"] for r in ("cached", "plain")]
     assert abs(first[0] - first[1]) < TOL * abs(first[1])
-    a, b = weights(tmp_path / "cached"), weights(tmp_path / "plain")
+    a, b = final_weights(tmp_path / "cached"), final_weights(tmp_path / "plain")
     assert max(rel(a[k], b[k]) for k in a) < 1e-3       # 16 AdamW steps amplify 1e-7 differences of the features
 
 
@@ -218,11 +169,11 @@ def test_resumed_run_with_cache_ends_with_the_weights_of_an_uninterrupted_one(tm
 
     run = tmp_path / "run"
     assert main(RUN + ["--out", str(run)]) == 0
-    whole = weights(run)
+    whole = final_weights(run)
     shutil.rmtree(run / "final")          # train it again from its step-8 checkpoint, with an empty cache
     shutil.rmtree(run / "checkpoints" / "step-16")   # (its end checkpoint would leave nothing to train)
     assert main(RUN + ["--out", str(run), "--resume"]) == 0
-    again = weights(run)
+    again = final_weights(run)
     assert set(again) == set(whole)
     assert all(torch.equal(again[k], whole[k]) for k in whole)
     step9 = [m for m in RunFolder(run).read("metrics") if m["step"] == 9][0]["feature_cache"]
@@ -250,6 +201,46 @@ def test_a_training_cache_too_small_to_pay_switches_off_in_one_line(tmp_path, ca
     monkeypatch.setattr(memory, "WINDOW", 10 ** 9)                 # never judged: stays on
     assert main(argv + ["--out", str(tmp_path / "kept")]) == 0
     assert [m["loss"] for m in RunFolder(tmp_path / "kept").read("metrics")] == [m["loss"] for m in run.read("metrics")]
+
+
+# GradES itself freezes the tower mid-run: vision and projector (tau 1e9) at the first check after the grace
+# period, step 4; the language model (tau 1e-30) never. 64 samples / 8 = 8 steps per epoch: steps 9-12 see the
+# images again.
+MID_RUN = ["train", "--model", "nanovlm", "--max-samples", "64", "--batch-size", "8", "--steps", "12",
+           "--checkpoint-every", "6", "--eval-split=", "--no-progress", "--seed", "2", "--alpha", "4", "--patience",
+           "1", "--tau-vision", "1e9", "--tau-projector", "1e9", "--tau-language", "1e-30"]
+
+
+def test_the_cache_switches_on_when_grades_finalizes_the_tower_mid_run_and_after_a_resume(tmp_path):
+    import shutil
+
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    assert main(MID_RUN + ["--out", str(cached)]) == 0
+    assert main(MID_RUN + ["--out", str(plain), "--feature-cache", "0"]) == 0
+    run = RunFolder(cached)
+    finalized = {e["modality"]: e["step"] for e in run.read("events") if e["type"] == "finalize"}
+    assert finalized == {"vision": 4, "projector": 4}
+    assert [(e["step"], e["state"]) for e in run.read("events") if e["type"] == "feature_cache"] == [(4, "on")]
+    metrics = {m["step"]: m for m in run.read("metrics")}
+    assert not any("feature_cache" in metrics[s] or "cached_rows" in metrics[s] for s in range(1, 4))
+    lookups = {s: metrics[s]["feature_cache"]["hits"] + metrics[s]["feature_cache"]["misses"] for s in range(4, 13)}
+    assert lookups == {s: 8 * (s - 4) for s in range(4, 13)}            # on after step 4: 8 images a step
+    assert all(metrics[s]["cached_rows"]["vision"] > 0 for s in range(5, 13))
+    losses = [[m["loss"] for m in RunFolder(r).read("metrics")] for r in (cached, plain)]
+    assert losses[0][:4] == losses[1][:4]                               # the same run until the switch
+    assert losses[0][4:] == pytest.approx(losses[1][4:], rel=1e-4)      # then the tower's features, from the cache
+    whole = final_weights(cached)
+    assert max(rel(whole[k], v) for k, v in final_weights(plain).items()) < 1e-3
+
+    shutil.rmtree(cached / "final")      # resumed from its step-6 checkpoint: the tower is frozen from the start
+    shutil.rmtree(cached / "checkpoints" / "step-12")   # (its end checkpoint would leave nothing to train)
+    assert main(MID_RUN + ["--out", str(cached), "--resume"]) == 0
+    events = [(e["step"], e["state"]) for e in RunFolder(cached).read("events") if e["type"] == "feature_cache"]
+    assert events == [(4, "on"), (6, "on")]
+    step7 = [m for m in RunFolder(cached).read("metrics") if m["step"] == 7][0]["feature_cache"]
+    assert step7["hits"] + step7["misses"] == 8 and step7["misses"] > 0  # rebuilt from empty at step 6
+    again = final_weights(cached)
+    assert all(torch.equal(again[k], whole[k]) for k in whole)
 
 
 def test_random_augmentation_keeps_the_cache_off(tmp_path, capsys, monkeypatch):
@@ -299,10 +290,8 @@ def test_eval_with_and_without_the_cache_writes_identical_predictions(nano, tmp_
 
 # ---------------------------------------------------------------- Qwen2.5-VL
 @pytest.fixture(scope="module")
-def qwen_ckpt(tmp_path_factory) -> Path:
-    from tiny_qwen import make_tiny_qwen
-
-    return make_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))
+def qwen_ckpt(tiny_qwen_dir) -> Path:
+    return tiny_qwen_dir
 
 
 def qwen_samples() -> list[Sample]:

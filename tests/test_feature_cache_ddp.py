@@ -4,9 +4,8 @@ final weights equal those of the same run without the cache."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from test_train_ddp import check_ok, rank_states, torchrun
+from conftest import check_ok, final_weights, rank_states, torchrun
 from vlm_grades.training.run_folder import RunFolder
 
 # 64 samples over 2 processes, 4 per step each: 8 steps per epoch. One image per micro-batch: the run without
@@ -15,12 +14,6 @@ from vlm_grades.training.run_folder import RunFolder
 RUN = ["--model", "nanovlm", "--from-scratch", "--max-samples", "64", "--batch-size", "1", "--grad-accum", "4",
        "--steps", "6", "--checkpoint-every", "100", "--eval-split=", "--no-progress", "--seed", "3",
        "--mix-fraction", "0", "--stopping", "none", "--freeze", "vision,projector"]
-
-
-def final_weights(run) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "final" / "model.safetensors"))
 
 
 @pytest.mark.slow

@@ -8,14 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TOL, cached_losses_equal_the_tower, nano_batches, one_line_error, per_image_bytes
 from vlm_grades.cli import main
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
 from vlm_grades.feature_cache.memory import FeatureCache
 from vlm_grades.feature_cache.disk import DiskTier
 from vlm_grades.training.run_folder import RunFolder
-from test_feature_cache import TOL, cached_losses_equal_the_tower, nano_batches, per_image_bytes
-from test_feature_cache import nano  # noqa: F401  (a pytest fixture, used by name)
 
 
 def test_ring_is_bounded_exact_and_drops_the_oldest(tmp_path):
@@ -118,8 +117,7 @@ def test_bad_disk_flags_fail_in_one_line(tmp_path, capsys):
             TrainConfig.build(settings)
         assert "\n" not in str(info.value)
     assert main(RUN + ["--out", str(tmp_path / "run"), "--feature-cache-disk", "2 parsecs"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--feature-cache-disk: expected a size" in err
+    one_line_error(capsys.readouterr().err, "--feature-cache-disk: expected a size")
     assert not (tmp_path / "run").exists()
 
 

@@ -1,6 +1,7 @@
-"""Checkpoints in nanoVLM's own format (huggingface/nanoVLM save_pretrained), for the v0.1 pipeline (222M) and
-the tiled one (main): they load with every tensor assigned, train with GradES, and export back unchanged where
-training did not touch them; the tiled prompt layout; the 222m preset against the 222M format."""
+"""Checkpoints in nanoVLM's own format (huggingface/nanoVLM save_pretrained), for the v0.1 pipeline (222M), the
+v0.2 one (450M) and the tiled one (main): they load with every tensor assigned, train with GradES, and export
+back unchanged where training did not touch them; the tiled prompt layout; the 222m preset against the 222M
+format."""
 from __future__ import annotations
 
 import json
@@ -17,11 +18,12 @@ from nanovlm import native_format as nf
 from nanovlm.config import VLMConfig
 from nanovlm.tiling import image_token_layout, tiled_size
 from nanovlm.vision_language_model import VisionLanguageModel
+from conftest import one_line_error
 from vlm_grades.cli import main
 from vlm_grades.data.schema import Sample
 from vlm_grades.errors import UserError
 from vlm_grades.models.nanovlm import NanoVLMAdapter
-from vlm_grades.models.nanovlm_native import NativeNanoVLMAdapter
+from vlm_grades.models.nanovlm_native import NativeNanoVLMAdapter, load_nanovlm
 
 CHAT = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
         "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -86,6 +88,16 @@ def tiled_config(tokenizer: Path, vocab: int) -> dict:
     return c
 
 
+def v02_config(tokenizer: Path, vocab: int) -> dict:
+    """nanoVLM v0.2's VLMConfig fields (June 2025, nanoVLM-450M) for a tiny model: one <|image|> token, no chat
+    template, IMAGE_TOKEN_LENGTH / TOTAL_SEQUENCE_LENGTH deciding lm_max_length."""
+    c = v01_config(tokenizer, vocab)
+    c.update({"lm_base_vocab_size": vocab - 1, "extra_token_amount": 1, "IMAGE_TOKEN_LENGTH": 4,
+              "TOTAL_SEQUENCE_LENGTH": 128, "lm_max_length": 124, "mp_image_token_length": 4,
+              "lm_model_type": "HuggingFaceTB/SmolLM2-360M-Instruct", "vlm_extra_tokens": {"image_token": "<|image|>"}})
+    return c
+
+
 def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     D, L, s, p = cfg["vit_hidden_dim"], cfg["lm_hidden_dim"], cfg["mp_pixel_shuffle_factor"], cfg["vit_patch_size"]
     kv = L // cfg["lm_n_heads"] * cfg["lm_n_kv_heads"]
@@ -136,17 +148,18 @@ def vocab(tok: Path, tiled: bool) -> int:
     return len(SPECIALS) + 1 + len(WORDS) + (len(TILE_TOKENS) if tiled else 0)
 
 
-@pytest.fixture(params=["v0.1", "tiled"])
+@pytest.fixture(params=["v0.1", "v0.2", "tiled"])
 def checkpoint(request, tok, tmp_path) -> tuple[str, Path]:
-    tiled = request.param == "tiled"
-    cfg = (tiled_config if tiled else v01_config)(tok, vocab(tok, tiled))
-    return request.param, write_checkpoint(tmp_path / f"ckpt-{request.param}", cfg)
+    kind = request.param
+    cfg = {"v0.1": lambda: v01_config(tok, vocab(tok, False)), "v0.2": lambda: v02_config(tok, vocab(tok, False) + 1),
+           "tiled": lambda: tiled_config(tok, vocab(tok, True))}[kind]()
+    return kind, write_checkpoint(tmp_path / f"ckpt-{kind}", cfg)
 
 
 # ----------------------------------------------------------------------------------------------- loading
 def test_every_tensor_is_assigned_and_none_unused(checkpoint):
     kind, folder = checkpoint
-    adapter = NanoVLMAdapter.load(folder)
+    adapter = load_nanovlm(folder)
     assert isinstance(adapter, NativeNanoVLMAdapter) and adapter.pipe.kind == kind
     file = load_file(str(folder / "model.safetensors"))
     assert sorted(file) == sorted(nanovlm_names(2, 2))
@@ -164,7 +177,7 @@ def test_every_tensor_is_assigned_and_none_unused(checkpoint):
 def test_missing_or_unused_tensor_is_a_one_line_error(tok, tmp_path, drop, extra, match):
     folder = write_checkpoint(tmp_path / "bad", v01_config(tok, vocab(tok, False)), drop=drop, extra=extra)
     with pytest.raises(UserError, match=match):
-        NanoVLMAdapter.load(folder)
+        load_nanovlm(folder)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -180,8 +193,8 @@ def test_config_this_code_cannot_reproduce_names_the_field(tok, tmp_path, field,
     folder = write_checkpoint(tmp_path / "odd", cfg)
     rc = main(["train", "--model", "nanovlm", "--model-path", str(folder), "--steps", "4", "--no-progress",
                "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
+    assert rc == 2
+    one_line_error(capsys.readouterr().err, match)
 
 
 def test_offline_hub_id_is_a_one_line_error(monkeypatch):
@@ -189,26 +202,21 @@ def test_offline_hub_id_is_a_one_line_error(monkeypatch):
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="lusxvr/nanoVLM-222M: not a local folder"):
-        NanoVLMAdapter.load("lusxvr/nanoVLM-222M")
+        load_nanovlm("lusxvr/nanoVLM-222M")
 
 
 @pytest.mark.parametrize("path", ["runs/foo", "./owner/name", "/no/such/dir", "~/nope/x"])
-def test_missing_local_path_is_not_tried_on_the_hub(tmp_path, monkeypatch, path):
-    import huggingface_hub
-
-    def no_hub(*a, **k):
-        raise AssertionError("tried the hub")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+def test_missing_local_path_is_not_tried_on_the_hub(tmp_path, monkeypatch, path, no_hub):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     with pytest.raises(UserError, match=f"^--model-path: {re.escape(path)}: no such folder$"):
-        NanoVLMAdapter.load(path)
+        load_nanovlm(path)
 
 
 # ----------------------------------------------------------------------------------------------- prompts
 def test_tiled_prompt_layout_for_2x2_tiles(tok, tmp_path):
     cfg = tiled_config(tok, vocab(tok, True))
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "t", cfg))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "t", cfg))
     image = Image.new("RGB", (64, 60), (200, 30, 30))          # -> 64x64 -> 2x2 tiles of 32 + a global view
     sample = Sample(id="q1", image=image, prompt="what color is the shape ?", targets=["red"], task="easyvqa")
     item = adapter.preprocess(sample, train=True)
@@ -229,8 +237,31 @@ def test_tiled_prompt_layout_for_2x2_tiles(tok, tmp_path):
     assert tiled_size(60, 64, 32, 64) == (64, 64) and tiled_size(20, 100, 32, 64) == (32, 64)
 
 
+def test_tiles_are_the_image_cut_row_major_after_a_global_view(tok, tmp_path):
+    """A noise image: each tile is exactly its block of the image, row by row; a four-colour image: the global
+    view shows each colour in its own corner (not transposed, not mirrored)."""
+    import numpy as np
+
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "t", tiled_config(tok, vocab(tok, True))))
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(noise).permute(2, 0, 1).float() / 255                 # 64x64: no resize
+    views, grid = adapter.image_tensors(Image.fromarray(noise))
+    assert grid == (2, 2) and views.shape == (5, 3, 32, 32)
+    blocks = [pixels[:, r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for r in range(2) for c in range(2)]
+    for i, block in enumerate(blocks, start=1):
+        assert torch.allclose(views[i], block, atol=1e-6), f"tile {i}"
+    colours = {(0, 0): (255, 0, 0), (0, 1): (0, 255, 0), (1, 0): (0, 0, 255), (1, 1): (255, 255, 255)}
+    quads = np.zeros((64, 64, 3), dtype=np.uint8)
+    for (r, c), rgb in colours.items():
+        quads[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] = rgb
+    glob = adapter.image_tensors(Image.fromarray(quads))[0][0]
+    for (r, c), rgb in colours.items():
+        corner = glob[:, r * 16 + 2:r * 16 + 14, c * 16 + 2:c * 16 + 14]          # away from the seams
+        assert torch.allclose(corner, torch.tensor(rgb).float()[:, None, None] / 255, atol=1e-3), (r, c)
+
+
 def test_v01_prompt_puts_the_image_first(tok, tmp_path):
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "v", v01_config(tok, vocab(tok, False))))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "v", v01_config(tok, vocab(tok, False))))
     sample = Sample(id="q", image=Image.new("RGB", (50, 40)), prompt="question : what shape ? answer :",
                     targets=["circle"], task="easyvqa")
     item = adapter.preprocess(sample, train=True)
@@ -240,12 +271,13 @@ def test_v01_prompt_puts_the_image_first(tok, tmp_path):
     assert float(item["pixel_values"].min()) >= 0.0          # nanoVLM feeds [0, 1], no normalization
 
 
-def test_image_token_pipeline_450m_style(tok, tmp_path):
-    """nanoVLM-450M (June 2025): <|image|> x mp_image_token_length in the chat template, one square image."""
+def test_image_token_pipeline_with_a_chat_template(tok, tmp_path):
+    """nanoVLM's main between v0.2 and the tiles: <|image|> x mp_image_token_length in the chat template, one
+    square image."""
     cfg = tiled_config(tok, vocab(tok, False) + 1)
     del cfg["max_img_size"], cfg["resize_to_max_side_len"]
     cfg["vlm_extra_tokens"], cfg["extra_token_amount"] = {"image_token": "<|image|>"}, 1
-    adapter = NanoVLMAdapter.load(write_checkpoint(tmp_path / "m", cfg))
+    adapter = load_nanovlm(write_checkpoint(tmp_path / "m", cfg))
     assert adapter.pipe.kind == "image-token"
     item = adapter.preprocess(Sample(id="q", image=Image.new("RGB", (70, 30)), prompt="what shape ?",
                                      targets=["circle"], task="easyvqa"), train=False)
@@ -282,7 +314,7 @@ def test_train_with_grades_then_export_round_trips(checkpoint, tmp_path, capsys)
     with safe_open(str(out / "model.safetensors"), "pt") as a, safe_open(str(folder / "model.safetensors"), "pt") as b:
         assert a.metadata() == b.metadata()
     # the export loads again as a nanoVLM checkpoint, with the trained weights
-    again = NanoVLMAdapter.load(out)
+    again = load_nanovlm(out)
     assert torch.equal(again.model.MP.proj.weight, after["MP.proj.weight"])
     assert main(["export", str(run), "--format", "nanovlm", "--out", str(out)]) == 2
     # eval and report read the run like any nanoVLM run

@@ -3,25 +3,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_qwen import make_tiny_qwen  # noqa: E402
-
-from vlm_grades.data.schema import Sample  # noqa: E402
-from vlm_grades.errors import UserError  # noqa: E402
-from vlm_grades.models.lora import LoraSettings, is_lora_parameter  # noqa: E402
-from vlm_grades.models.qwen2_5_vl import Qwen25VLAdapter, load_qwen_for_eval, modality_of  # noqa: E402
+from vlm_grades.data.schema import Sample
+from vlm_grades.errors import UserError
+from vlm_grades.models.lora import LoraSettings, is_lora_parameter
+from vlm_grades.models.qwen2_5_vl import Qwen25VLAdapter, load_qwen_for_eval, modality_of
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"))
+def ckpt(tiny_qwen_dir) -> Path:
+    return tiny_qwen_dir
 
 
 @pytest.fixture
@@ -357,12 +353,7 @@ def test_hub_id_goes_through_from_pretrained(monkeypatch):
     assert seen == ["Qwen/Qwen2.5-VL-3B-Instruct"] and "Qwen/Qwen2.5-VL-3B-Instruct" in _one_line(e)
 
 
-def test_missing_local_folder_is_not_tried_on_the_hub(monkeypatch, tmp_path):
-    import transformers
-
-    def no_hub(*a, **k):
-        raise AssertionError("tried the hub")
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+def test_missing_local_folder_is_not_tried_on_the_hub(monkeypatch, tmp_path, no_hub):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     with pytest.raises(UserError, match="^--model-path: runs/foo: no such folder$"):
@@ -383,11 +374,29 @@ def test_lora_folder_passed_as_base_is_user_error(ckpt, tmp_path):
 
 
 def test_gradient_checkpointing_with_lora(ckpt):
-    a = Qwen25VLAdapter.load(str(ckpt), lora=LoraSettings(rank=2, dropout=0.0), gradient_checkpointing=True)
-    a.model.train()
-    a.loss(train_batch(a)).backward()
-    grads = [p.grad for n, p in a.model.named_parameters() if p.requires_grad]
-    assert grads and all(g is not None for g in grads)
+    """Checkpointing on: every decoder layer runs its forward again during the backward, and the adapters get
+    the gradients they get without checkpointing."""
+    def grads_and_calls(checkpointing: bool):
+        torch.manual_seed(0)                                     # the same adapter initialization
+        a = Qwen25VLAdapter.load(str(ckpt), lora=LoraSettings(rank=2, dropout=0.0),
+                                 gradient_checkpointing=checkpointing)
+        a.model.train()
+        # hooks on the layers themselves stay outside the checkpoint (transformers checkpoints `forward`), and
+        # the recompute stops at the last tensor the backward needs: count each layer's first norm
+        layers = [m.input_layernorm for m in a.model.modules() if type(m).__name__ == "Qwen2_5_VLDecoderLayer"]
+        calls = [0]
+        for layer in layers:
+            layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        a.loss(train_batch(a)).backward()
+        grads = {n: p.grad for n, p in a.model.named_parameters() if p.requires_grad}
+        return grads, calls[0] / len(layers)
+
+    grads, calls = grads_and_calls(True)
+    plain, plain_calls = grads_and_calls(False)
+    assert (calls, plain_calls) == (2, 1)                        # recomputed in the backward
+    assert grads and all(g is not None for g in grads.values()) and set(grads) == set(plain)
+    for n in grads:
+        assert torch.allclose(grads[n], plain[n], rtol=1e-4, atol=1e-6), n
 
 
 def test_answer_truncated_away_gives_zero_loss(ckpt):

@@ -16,12 +16,8 @@ from vlm_grades.report.run_data import RunData
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("replay") / "run"
-    # a short run with a loose unsmoothed rule, so that matrices freeze within 40 steps
-    assert main(["train", "--no-progress", "--steps", "40", "--max-samples", "256", "--batch-size", "8",
-                 "--eval-split=", "--checkpoint-every", "100", "--smoothing", "0", "--auto-window", "5",
-                 "--rho", "0.6", "--out", str(out)]) == 0
+def run(trained_run) -> Path:
+    out = trained_run[0]       # the shared short run: a loose unsmoothed rule, so that matrices freeze in 40 steps
     assert RunData.load(out).freeze_steps, "precondition: the run froze some matrices"
     saved = yaml.safe_load((out / "config.yaml").read_text())["grades"]
     assert saved["rho"] == 0.6 and saved["patience"] == 2 and saved["metric"] == "grad_change", saved
@@ -65,6 +61,18 @@ def test_cli_prints_the_modalities_beside_the_run(run, capsys):
         assert m in out
     assert main(["replay", str(run), "--tau", "1e9", "--alpha", "5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["stop_step"] == 6
+
+
+@pytest.mark.parametrize("order", ["tau-first", "modality-first"])
+def test_a_modality_flag_overrides_tau_for_its_modality_only(run, capsys, order):
+    flags = [["--tau", "1e9"], ["--tau-vision", "1e-30"]]
+    flags = flags if order == "tau-first" else flags[::-1]
+    assert main(["replay", str(run), *flags[0], *flags[1], "--alpha", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["tau"] == {"vision": 1e-30, "projector": 1e9, "language": 1e9}
+    frozen = {m: [n for n in names if n in result["frozen"]] for m, names in result["monitored"].items()}
+    assert frozen["vision"] == [] and frozen["projector"] == result["monitored"]["projector"]
+    assert frozen["language"] == result["monitored"]["language"]
 
 
 def test_bad_flags_are_one_line(run, capsys):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fixtures_run import make_run
+from conftest import one_line_error
 from vlm_grades.cli import main
 from vlm_grades.errors import UserError
 from vlm_grades.report.build import write_report
@@ -115,8 +116,7 @@ def test_html_neutralizes_urls_from_config(tmp_path):
 def test_not_a_run_folder(tmp_path, capsys):
     (tmp_path / "stuff.txt").write_text("hello")
     assert main(["report", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "not a vlm-grades run folder" in err and len(err.strip().splitlines()) == 1
+    one_line_error(capsys.readouterr().err, "not a vlm-grades run folder")
     assert main(["report", str(tmp_path / "missing")]) == 2
     with pytest.raises(UserError):
         RunData.load(tmp_path)

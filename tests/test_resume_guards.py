@@ -85,8 +85,8 @@ def test_a_foreign_config_yaml_is_one_line(unfinished, tmp_path, capsys):
 @pytest.mark.parametrize("flags, named", [
     (["--lr", "1e-3"], "--lr 0.001"),
     (["--rho", "0.9"], "--rho 0.9 differs from the run's 0.4"),
-    (["--tau", "0.5"], "--tau vision 0.5, projector 0.5, language 0.5 differs from the run's vision auto, "
-                       "projector auto, language auto"),
+    (["--tau", "0.5"], "--tau-language 0.5 (and --tau-projector, --tau-vision) differs from the run's auto"),
+    (["--tau-vision", "auto", "--tau-projector", "0.5"], "--tau-projector 0.5 differs from the run's auto"),
     (["--metric", "grad"], "--metric grad differs from the run's grad_change"),
     (["--stopping", "none"], "--stopping none differs from the run's grades"),
     (["--seed", "2"], "--seed 2 differs from the run's 1"),

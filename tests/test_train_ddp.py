@@ -4,34 +4,20 @@ a checkpoint ends as the uninterrupted one. Each process writes rank-<i>.json (V
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import RANK_ENV as ENV, check_ok, free_port, rank_states, torchrun
 from vlm_grades.training.run_folder import RunFolder
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1"}
 # 256 samples over 2 processes, 4 per micro-batch, 2 micro-batches per step: 16 steps per epoch
 RUN = ["--max-samples", "256", "--batch-size", "4", "--grad-accum", "2", "--steps", "40", "--checkpoint-every",
        "10", "--no-progress", "--seed", "5", "--mix-fraction", "0",
        "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0", "--auto-window", "5"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*argv: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "vlm_grades", "train", *argv]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 def accelerate_launch(*argv: str) -> subprocess.CompletedProcess:
@@ -41,27 +27,21 @@ def accelerate_launch(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def rank_states(run: Path) -> list[dict]:
-    return [json.loads((run / f"rank-{i}.json").read_text()) for i in range(2)]
-
-
 def freezes(run: Path) -> list[tuple]:
     return [(e["type"], e["step"], e.get("component") or e.get("modality"))
             for e in RunFolder(run).read("events") if e["type"] in ("freeze", "finalize")]
 
 
-def check_ok(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "Traceback" not in done.stderr, done.stderr[-4000:]
-    # one summary for the run, printed by the main process only
-    assert len([line for line in done.stdout.splitlines() if line.startswith("run ")]) == 1, done.stdout
-
-
 @pytest.mark.slow
 def test_two_processes_freeze_alike_and_end_identical(tmp_path):
     out = tmp_path / "run"
-    done = torchrun(*RUN, "--eval-split", "test", "--eval-max-samples", "16", "--out", str(out))
+    done = torchrun(*RUN, "--eval-split", "test", "--eval-max-samples", "16", "--out", str(out),
+                    script="record_decisions.py")
     check_ok(done)
+    # each rank's own statistics and decisions, before rank 0's are broadcast, are the same
+    alone = [[json.loads(line) for line in (out / f"decisions-rank-{r}.jsonl").read_text().splitlines()]
+             for r in range(2)]
+    assert len(alone[0]) >= 30 and alone[0] == alone[1] and any(any(d["flags"]) for d in alone[0])
     r0, r1 = rank_states(out)
     assert (r0["rank"], r1["rank"], r0["processes"]) == (0, 1, 2)
     assert r0["step"] == r1["step"] == 40
@@ -126,12 +106,11 @@ def test_everything_frozen_stops_cleanly_under_ddp(tmp_path):
 
 
 @pytest.mark.slow
-def test_qwen_lora_under_ddp(tmp_path):
+def test_qwen_lora_under_ddp(tmp_path, tiny_qwen_dir):
     """The PEFT-wrapped Qwen2.5-VL under DDP: GradES freezes adapters mid-run, ranks stay identical."""
     from fixtures_data import write_vqav2
-    from tiny_qwen import make_tiny_qwen
 
-    model = make_tiny_qwen(tmp_path / "qwen")
+    model = tiny_qwen_dir
     data = write_vqav2(tmp_path / "vqa", split="val", image_ids=(1, 2, 3, 4, 5, 6, 7, 8))
     out = tmp_path / "run"
     done = torchrun("--model", "qwen2.5-vl", "--model-path", str(model), "--task", "vqav2", "--data", data["source"],

@@ -5,81 +5,92 @@ fresh process loads and scores without torch.distributed. Plus the settings refu
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from test_train_ddp import check_ok, free_port, rank_states
-from test_train_resume import assert_same_weights, final_weights, history
+from conftest import (RANK_ENV as ENV, assert_same_weights, check_ok, final_weights, history, launch,
+                      rank_states, relative_difference)
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
+from vlm_grades.training.checkpoint import latest_checkpoint
 from vlm_grades.training.run_folder import RunFolder
 
-TESTS = Path(__file__).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1",
-       "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
 VISION = [f"vision_encoder.blocks.{b}.{m}" for b in (0, 1) for m in ("attn.qkv_proj", "attn.out_proj", "mlp.fc1",
                                                                      "mlp.fc2")]
 # step 3: two matrices; step 6: the rest of the vision tower and the projector (both modalities finalize)
 SCHEDULE = {"3": ["decoder.blocks.0.mlp.up_proj", "vision_encoder.blocks.1.mlp.fc2"],
             "6": [n for n in VISION if n != "vision_encoder.blocks.1.mlp.fc2"] + ["MP.proj"]}
 # from random weights, and no feature cache (its one-image tower passes differ from batched ones in the last bits)
-IMPOSED = ["--from-scratch", "--feature-cache", "0", "--max-samples", "96", "--steps", "10", "--checkpoint-every",
-           "100", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--tau", "1e-30", "--alpha", "0.1", "--eval-split="]
+# no clipping: clipped to norm 1, a gradient twice too large would look right to the statistics too
+IMPOSED = ["--from-scratch", "--feature-cache", "0", "--max-samples", "96", "--steps", "8", "--checkpoint-every",
+           "100", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--tau", "1e-30", "--alpha", "1", "--eval-split=",
+           "--clip", "0"]
+# the same global batch of 8: one process in two micro-batches of 4, two processes with 4 each
+MODES = {"one": (1, ["--batch-size", "4", "--grad-accum", "2"]), "ddp": (2, ["--batch-size", "4"]),
+         "fsdp": (2, ["--batch-size", "4", "--distributed", "fsdp"])}
 # live rule: auto thresholds, grace 6 steps; checkpoints every 4 steps
 LIVE = ["--from-scratch", "--feature-cache", "0", "--max-samples", "128", "--batch-size", "4", "--steps", "20", "--checkpoint-every", "4", "--keep-checkpoints",
         "20", "--no-progress", "--seed", "5", "--mix-fraction", "0", "--alpha", "0.3", "--rho", "0.3",
         "--smoothing", "0", "--auto-window", "3"]
 
 
-def launch(*argv: str, processes: int = 2, script: str | None = None, **popen) -> list[str]:
-    target = [str(TESTS / script)] if script else ["-m", "vlm_grades", "train"]
-    if processes == 1:
-        return [sys.executable, *target, *argv]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
-            "127.0.0.1", "--master_port", str(free_port()), *target, *argv]
-
-
 def run(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(launch(*argv, **kw), env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert set(a) == set(b)
-    return max(float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) for k in a)
+def statistics(run: Path) -> list[tuple[int, dict[str, float]]]:
+    return [(c["step"], c["values"]) for c in RunFolder(run).read("convergence")]
+
+
+def assert_same_statistics(a: Path, b: Path, tol: float = 1e-4) -> None:
+    sa, sb = statistics(a), statistics(b)
+    assert [s for s, _ in sa] == [s for s, _ in sb] and len(sa) >= 6
+    for (step, va), (_, vb) in zip(sa, sb):
+        assert set(va) == set(vb), step
+        for name in va:
+            assert abs(va[name] - vb[name]) <= tol * max(abs(va[name]), abs(vb[name]), 1e-30), (step, name, va[name],
+                                                                                               vb[name])
 
 
 @pytest.mark.slow
-def test_imposed_freezes_fsdp_ddp_and_one_process_end_alike(tmp_path):
+@pytest.mark.parametrize("metric,modes", [("grad_change", ("one", "ddp", "fsdp")), ("weight_change", ("one", "fsdp")),
+                                          ("grad_snr", ("one", "fsdp"))])
+def test_imposed_freezes_fsdp_ddp_and_one_process_end_alike(tmp_path, metric, modes):
+    """The same freezes imposed: the same weights, and the same statistics in convergence.jsonl. grad_change
+    (unlike AdamW's weights, weight_change and grad_snr) sees the scale of the gradient: a sum over ranks instead
+    of a mean, or a missing division by --grad-accum, changes it. DDP's statistics take one process's code path
+    (whole gradients), so only grad_change runs it."""
     schedule = json.dumps(SCHEDULE)
-    runs = {"one": (1, ["--batch-size", "8"]), "ddp": (2, ["--batch-size", "4"]),
-            "fsdp": (2, ["--batch-size", "4", "--distributed", "fsdp"])}   # the same global batch of 8
-    for name, (processes, extra) in runs.items():
-        check_ok(run(schedule, *IMPOSED, *extra, "--out", str(tmp_path / name), processes=processes,
-                     script="imposed_freezes.py"))
-    weights = {name: final_weights(tmp_path / name) for name in runs}
-    assert relative_difference(weights["one"], weights["fsdp"]) < 1e-4
-    assert relative_difference(weights["ddp"], weights["fsdp"]) < 1e-4
-    assert relative_difference(weights["one"], weights["ddp"]) < 1e-4
-    assert history(tmp_path / "fsdp") == history(tmp_path / "ddp") == history(tmp_path / "one")
+    for name in modes:
+        processes, extra = MODES[name]
+        check_ok(run(schedule, *IMPOSED, *extra, "--metric", metric, "--out", str(tmp_path / name),
+                     processes=processes, script="imposed_freezes.py"))
+    for name in modes[1:]:
+        assert_same_statistics(tmp_path / "one", tmp_path / name)
+        assert relative_difference(final_weights(tmp_path / "one"), final_weights(tmp_path / name)) < 1e-4, name
+        assert history(tmp_path / name) == history(tmp_path / "one"), name
     r0, r1 = rank_states(tmp_path / "fsdp")
     assert r0["frozen"] == r1["frozen"] and len(r0["frozen"]) == 10
     assert r0["trainable"] == r1["trainable"]
     assert not any(n.startswith(("vision_encoder.", "MP.")) for n in r0["trainable"])   # finalized: no gradient
 
 
+def decisions(run: Path) -> list[list[dict]]:
+    """What each rank decided alone at every check (tests/record_decisions.py)."""
+    return [[json.loads(line) for line in (run / f"decisions-rank-{r}.jsonl").read_text().splitlines()]
+            for r in range(2)]
+
+
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fsdp") / "run"
     check_ok(run(*LIVE, "--distributed", "fsdp", "--eval-split", "test", "--eval-max-samples", "16",
-                 "--out", str(out)))
+                 "--out", str(out), script="record_decisions.py"))
     return out
 
 
@@ -95,10 +106,16 @@ def test_live_rule_freezes_alike_on_every_rank(live_run, tmp_path):
     assert r0["frozen"] == r1["frozen"] and r0["trainable"] == r1["trainable"]   # every matrix, every step
     logged = {(e["component"], e["step"]) for e in RunFolder(live_run).read("events") if e["type"] == "freeze"}
     assert logged == set(r0["frozen"].items())
+    # before rank 0's decisions are broadcast, each rank computed the same statistics and decided the same alone
+    alone = decisions(live_run)
+    assert len(alone[0]) >= 15 and alone[0] == alone[1]
+    assert any(any(d["flags"]) for d in alone[0])
 
     # the same run under DDP: float order differs (sharded sums), so a threshold crossing may move
     ddp = tmp_path / "ddp"
-    check_ok(run(*LIVE, "--eval-split=", "--out", str(ddp)))
+    check_ok(run(*LIVE, "--eval-split=", "--out", str(ddp), script="record_decisions.py"))
+    alone = decisions(ddp)
+    assert len(alone[0]) >= 15 and alone[0] == alone[1]
     fsdp_steps, ddp_steps = r0["frozen"], rank_states(ddp)[0]["frozen"]
     moved = {n: (fsdp_steps.get(n), ddp_steps.get(n)) for n in set(fsdp_steps) | set(ddp_steps)
              if fsdp_steps.get(n) != ddp_steps.get(n)}
@@ -106,38 +123,16 @@ def test_live_rule_freezes_alike_on_every_rank(live_run, tmp_path):
     assert len(moved) <= len(fsdp_steps) // 4, moved
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL to `pid` and every process below it (torchrun starts its workers in sessions of their own)."""
-    def below(p: int) -> list[int]:
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            return []
-        return [c for child in map(int, children) for c in [child, *below(child)]]
-
-    for p in [*below(pid), pid]:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.slow
 def test_killed_while_checkpointing_resumes_to_the_uninterrupted_end(live_run, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(launch(*LIVE, "--distributed", "fsdp", "--eval-split", "test", "--eval-max-samples",
-                                   "16", "--out", str(out)), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    root, deadline = out / "checkpoints", time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if root.is_dir() and any(n.startswith(".tmp-step-8-") for n in os.listdir(root)):
-                kill_tree(proc.pid)                   # both workers mid-write, and torchrun
-                break
-    finally:
-        kill_tree(proc.pid)
-        proc.wait()
-    assert not (root / "step-8" / "trainer_state.json").exists(), "the kill came too late"
+    # both workers kill themselves inside the write of checkpoint 8, each after its own shards (tests/killed_at.py)
+    killed = run("checkpoint:8", *LIVE, "--distributed", "fsdp", "--eval-split", "test", "--eval-max-samples", "16",
+                 "--out", str(out), script="killed_at.py")
+    assert killed.returncode != 0, killed.stdout[-2000:]
+    root = out / "checkpoints"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".tmp-step-8-")]
+    assert not (root / "step-8").exists() and latest_checkpoint(root) == root / "step-4"
     done = run("--resume", "--out", str(out), "--no-progress")
     check_ok(done)
     assert "step-4 at step 4" in done.stdout
@@ -235,15 +230,14 @@ def test_skeleton_costs_no_memory_and_materializes_with_ties():
 
 
 @pytest.mark.slow
-def test_qwen_lora_under_fsdp_ends_as_under_ddp(tmp_path):
+def test_qwen_lora_under_fsdp_ends_as_under_ddp(tmp_path, tiny_qwen_dir):
     """Tiny random Qwen2.5-VL with LoRA adapters in both towers: the same imposed freezes under FSDP2 and DDP end
     with the same adapter weights; final/ is an ordinary PEFT adapter folder."""
     from safetensors.torch import load_file
 
     from fixtures_data import write_vqav2
-    from tiny_qwen import make_tiny_qwen
 
-    model = make_tiny_qwen(tmp_path / "qwen")
+    model = tiny_qwen_dir
     data = write_vqav2(tmp_path / "vqa", split="val", image_ids=(1, 2, 3, 4, 5, 6, 7, 8))
     vision = [f"model.visual.blocks.{b}.{m}" for b in (0, 1)
               for m in ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]

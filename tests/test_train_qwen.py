@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from fixtures_data import write_coco, write_gqa, write_hf_coco, write_hf_gqa, write_hf_vqav2, write_vqav2
-from tiny_qwen import make_tiny_qwen
 from vlm_grades.cli import main
 from vlm_grades.training.run_folder import RunFolder
 
@@ -27,8 +26,8 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory) -> Path:
-    return make_tiny_qwen(tmp_path_factory.mktemp("qwen") / "model")
+def qwen(tiny_qwen_dir) -> Path:
+    return tiny_qwen_dir
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +136,8 @@ def test_lora_runs_train_and_monitor_the_projector(qwen, data, tmp_path, targets
                 "--tau-projector", "1e9", "--alpha", "3", "--patience", "1")
     projector = [c for c in run.read_json("components.json")["components"] if c["modality"] == "projector"]
     assert [c["name"] for c in projector] == ["model.visual.merger.mlp.0", "model.visual.merger.mlp.2"]
-    assert all(c["name"] in run.read("convergence")[-1]["values"] for c in projector)
+    checks = run.read("convergence")      # the language model (tau auto) is checked on after the projector froze
+    assert all(any(c["name"] in check["values"] for check in checks) for c in projector)
     frozen = {e["component"] for e in events(run, "freeze") if e["modality"] == "projector"}
     assert frozen == {c["name"] for c in projector}
 

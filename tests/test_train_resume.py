@@ -5,22 +5,19 @@ checkpoint; an early stop leaves a checkpoint at its step."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
+from conftest import ENV, TESTS, assert_same_weights, history, one_line_error
 from vlm_grades.training.checkpoint import STATE_FILE, latest_checkpoint
 from vlm_grades.cli import main
 from vlm_grades.training.run_folder import RunFolder
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 256 samples / batch 8 = 32 steps per epoch, so the 40 steps cross an epoch boundary; GradES (auto thresholds,
 # grace 12 steps) freezes matrices both before and after step 20
 RUN = ["--max-samples", "256", "--batch-size", "8", "--steps", "40", "--checkpoint-every", "10", "--eval-split=",
@@ -32,27 +29,6 @@ SMALL = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--checkpo
 
 def cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "vlm_grades", "train", *argv]
-
-
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(run / "final" / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = final_weights(a), final_weights(b)
-    assert set(wa) == set(wb)
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"final weights differ: {different[:5]}"
-
-
-def history(run: Path, kinds=("freeze", "finalize", "stop", "checkpoint")) -> list[tuple]:
-    out = []
-    for e in RunFolder(run).read("events"):
-        if e["type"] in kinds:
-            out.append((e["type"], e["step"], e.get("component"), e.get("modality"), e.get("reason")))
-    return out
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -67,23 +43,11 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert ca[-1]["frozen"] == cb[-1]["frozen"]
 
 
-def kill_during_checkpoint(out: Path, step: int, args: list[str], timeout: float = 300) -> None:
-    """Start a training run and SIGKILL it as soon as the temporary folder of checkpoint `step` appears."""
-    proc = subprocess.Popen(cli(*args, "--out", str(out)), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    prefix, deadline = f".tmp-step-{step}-", time.monotonic() + timeout
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            root = out / "checkpoints"
-            if root.is_dir() and any(n.startswith(prefix) for n in os.listdir(root)):
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.0005)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"run ended before checkpoint {step} was written: {err[-2000:]}"
+def killed_at(point: str, out: Path, args: list[str]) -> None:
+    """A training run that SIGKILLs itself at `point` (tests/killed_at.py: checkpoint:N, step:N)."""
+    done = subprocess.run([sys.executable, str(TESTS / "killed_at.py"), point, *args, "--out", str(out)], env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, f"the run did not reach {point}: {done.stderr[-2000:]}"
 
 
 @pytest.mark.slow
@@ -95,14 +59,13 @@ def test_killed_while_checkpointing_resumes_to_the_same_end(tmp_path):
     assert any(e["step"] <= 20 for e in freezes) and any(e["step"] > 20 for e in freezes), \
         f"the test needs freezes before and after the resume point; got steps {[e['step'] for e in freezes]}"
 
-    kill_during_checkpoint(resumed, 30, RUN)
+    killed_at("checkpoint:30", resumed, RUN)            # inside the write of checkpoint 30
     checkpoints = resumed / "checkpoints"
     torn = [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-step-30-")]
     complete = latest_checkpoint(checkpoints)
     assert complete is not None and (complete / STATE_FILE).exists()
-    if not (checkpoints / "step-30").exists():           # the usual case: killed inside the write
-        assert torn and complete.name == "step-20"
-    assert not (resumed / "final").exists()
+    assert torn and not (torn[0] / STATE_FILE).exists() and complete.name == "step-20"
+    assert not (checkpoints / "step-30").exists() and not (resumed / "final").exists()
 
     # only --out and --resume: every other setting comes from the run's config.yaml
     again = subprocess.run(cli("--resume", "--out", str(resumed), "--no-progress"), env=ENV, capture_output=True,
@@ -159,8 +122,7 @@ def test_resume_refuses_a_finished_run(tmp_path, capsys, checkpoint_every):
 
     assert main(["train", "--resume", "--out", str(run), "--steps", "20"]) == 2
     captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert len(err.splitlines()) == 1 and str(run) in err and "finished" in err.replace(str(run), ""), err
+    assert "finished" in one_line_error(captured.err, str(run)).replace(str(run), "")
     assert "resumed" not in captured.out
     assert files(run) == before                       # final/, eval, logs and checkpoints untouched
 
@@ -173,16 +135,7 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
     done = subprocess.run(cli(*args, "--out", str(reference)), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen(cli(*args, "--out", str(run)), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if metrics.exists() and metrics.stat().st_size > 0:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.0005)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err[-2000:]}"
+    killed_at("step:1", run, args)
     assert not (run / "final").exists() and latest_checkpoint(run / "checkpoints") is None
 
     again = subprocess.run(cli("--resume", "--out", str(run), "--no-progress"), env=ENV, capture_output=True,
@@ -198,14 +151,12 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
     # not a run folder at all
     missing = tmp_path / "nothing-here"
     assert main(["train", "--resume", "--out", str(missing)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(missing) in err
+    one_line_error(capsys.readouterr().err, str(missing))
     assert not missing.exists()
 
     # --resume needs --out
     assert main(["train", "--resume"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--out" in err
+    one_line_error(capsys.readouterr().err, "--resume", "--out")
 
 
 # GradES stops at step 9 of 30 (60% of the matrices frozen); periodic checkpoints at 4 and 8
@@ -270,15 +221,8 @@ def test_every_run_ends_with_a_checkpoint_and_extend_continues_from_it(tmp_path,
 def test_a_run_killed_during_its_final_evaluation_keeps_its_model_and_evaluates_it(tmp_path):
     """b49fe67 retrained from the last periodic checkpoint (or from step 0 after deleting final/)."""
     run = tmp_path / "run"
-    args = [a for a in SMALL if a != "--eval-split="] + ["--eval-split", "test", "--eval-max-samples", "256",
-                                                          "--eval-batch-size", "8", "--out", str(run)]
-    proc = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline and not (run / "final").is_dir():
-        time.sleep(0.001)
-    os.kill(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err[-2000:]}"
+    args = [a for a in SMALL if a != "--eval-split="] + ["--eval-split", "test", "--eval-max-samples", "64"]
+    killed_at("eval:0", run, args)
     assert RunFolder(run).finished() is None and (run / "final" / "model.safetensors").is_file()
     model = run / "final" / "model.safetensors"
     saved = (model.read_bytes(), model.stat().st_mtime_ns)

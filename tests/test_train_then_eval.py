@@ -7,16 +7,12 @@ from vlm_grades.cli import main
 
 
 @pytest.mark.slow
-def test_eval_reproduces_training_score(tmp_path, capsys):
-    run = tmp_path / "run"
-    rc = main(["train", "--model", "nanovlm", "--steps", "40", "--max-samples", "1024", "--batch-size", "32",
-               "--eval-max-samples", "96", "--out", str(run), "--no-progress", "--stopping", "none"])
-    assert rc == 0
+def test_eval_reproduces_training_score(trained_run, tmp_path):
+    run, printed = trained_run
     trained = json.loads((run / "summary.json").read_text())["eval"]["score"]
-    printed = capsys.readouterr().out
     assert f"score {trained:.2f}" in printed
 
-    rc = main(["eval", "--task", "easyvqa", "--model", str(run), "--max-samples", "96", "--batch-size", "7",
+    rc = main(["eval", "--task", "easyvqa", "--model", str(run), "--max-samples", "16", "--batch-size", "7",
                "--out", str(tmp_path / "again"), "--no-progress"])
     assert rc == 0
     again = json.loads((tmp_path / "again" / "easyvqa_scores.json").read_text())

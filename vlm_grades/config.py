@@ -317,14 +317,24 @@ _YAML_ONLY = ("min_lr_ratio", "classic_min_delta")     # settings without a flag
 
 
 def _merge(layers) -> dict[str, Any]:
-    """Later layers win; the `grades` mappings merge key by key."""
+    """Later layers win; the `grades` mappings merge key by key, and their thresholds modality by modality
+    once the preset is known (`layer_tau`)."""
     merged: dict[str, Any] = {}
+    taus = []
     for layer in layers:
         for key, value in layer.items():
             if key == "grades" and isinstance(value, dict):
                 merged["grades"] = {**merged.get("grades", {}), **value}
+                taus += [value["tau"]] if value.get("tau") is not None else []
             else:
                 merged[key] = value
+    if taus:
+        from vlm_grades.grades.config import layer_tau
+
+        try:
+            merged["grades"]["tau"] = layer_tau(merged["grades"].get("preset") or "default", *taus)
+        except UserError:
+            merged["grades"]["tau"] = taus[-1] if len(taus) == 1 else tuple(taus)   # named by validate()
     return merged
 
 

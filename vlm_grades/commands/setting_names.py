@@ -17,7 +17,10 @@ _NAME = re.compile(r"(grades\.[a-z_]+(?:\.[a-z]+)?|--[a-z][a-z0-9-]*)(?=[: ])")
 
 def _lookup(layer: dict | None, path: list[str]) -> bool:
     node = layer
-    for key in path:
+    for i, key in enumerate(path):
+        if path[:i] == ["grades", "tau"]:   # one threshold sets every modality; the flags give --tau, then a mapping
+            parts = node if isinstance(node, tuple) else (node,)
+            return any(not isinstance(part, dict) or key in part for part in parts)
         if not isinstance(node, dict) or key not in node:
             return False
         node = node[key]
@@ -31,8 +34,8 @@ def flag_of(setting: str) -> str:
     if not setting.startswith("grades."):
         return _flag(setting)
     key = setting[len("grades."):]
-    if key == "tau":
-        return "--tau"
+    if key == "tau" or key.startswith("tau."):
+        return "--tau" + key[len("tau"):].replace(".", "-")
     return f"--{_FLAG_OF_GRADES_KEY[key].replace('_', '-')}" if key in _FLAG_OF_GRADES_KEY else setting
 
 
@@ -42,6 +45,8 @@ def _flag_for(path: list[str], flags: dict) -> str:
     key = path[1]
     if key == "tau":
         given = flags["grades"]["tau"]
+        if isinstance(given, tuple):   # --tau and --tau-<modality>: the modality's flag if it named one
+            given = given[-1] if len(path) > 2 and path[2] in given[-1] else given[0]
         if isinstance(given, dict):
             return f"--tau-{path[2]}" if len(path) > 2 else "--tau-" + next(iter(given))
         return "--tau"

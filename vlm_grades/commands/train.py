@@ -140,10 +140,12 @@ def register(sub) -> None:
 
 def add_rule_flags(group) -> None:
     """The GradES rule's flags (thresholds, grace period, smoothing, patience, stop): shared with `replay`."""
-    group.add_argument("--tau", type=_tau, default=S, help="one threshold for every modality, or 'auto'")
-    group.add_argument("--tau-vision", type=_tau, default=S, help="vision threshold")
-    group.add_argument("--tau-projector", type=_tau, default=S, help="projector threshold")
-    group.add_argument("--tau-language", type=_tau, default=S, help="language threshold")
+    group.add_argument("--tau", type=_tau, default=S, help="one threshold for every modality, or 'auto' (a "
+                       "--tau-<modality> flag overrides it for its modality)")
+    group.add_argument("--tau-vision", type=_tau, default=S, help="vision threshold (the other modalities keep "
+                       "theirs: --tau, the --config file's, or the default)")
+    group.add_argument("--tau-projector", type=_tau, default=S, help="projector threshold (likewise)")
+    group.add_argument("--tau-language", type=_tau, default=S, help="language threshold (likewise)")
     group.add_argument("--rho", type=float, default=S, help="auto thresholds: fraction of the grace-period level")
     group.add_argument("--auto-window", type=int, default=S,
                        help="auto thresholds: the level is the mean of the last N grace-period checks (default 100)")
@@ -159,15 +161,15 @@ def flags_to_settings(args: argparse.Namespace) -> dict:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "resume", "extend")}
     settings: dict = {}
     grades: dict = {}
+    each = {key[4:]: given.pop(key) for key in list(given) if key.startswith("tau_")}
+    # --tau first, then the per-modality flags over it (whatever their order on the command line); both are
+    # layered over the YAML's and the defaults' thresholds, so a modality no flag names keeps its threshold
+    taus = tuple(t for t in (given.pop("tau", None), each or None) if t is not None)
+    if taus:
+        grades["tau"] = taus[0] if len(taus) == 1 else taus
     for key, value in given.items():
         if key in GRADES_FLAGS:
             grades[GRADES_FLAGS[key]] = value
-        elif key == "tau":
-            grades["tau"] = value
-        elif key.startswith("tau_"):
-            tau = grades.get("tau") if isinstance(grades.get("tau"), dict) else {}
-            tau[key[4:]] = value
-            grades["tau"] = tau
         elif key == "no_finalize":
             grades["finalize_modalities"] = False
         elif key == "no_progress":
@@ -179,10 +181,11 @@ def flags_to_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of a `train` command line: defaults, then --config (or the resumed run's config.yaml),
+    then the flags given."""
     from vlm_grades.config import TrainConfig
     from vlm_grades.errors import UserError
-    from vlm_grades.training.run import train
 
     layers = []
     if getattr(args, "config", None):
@@ -208,14 +211,20 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.build(*layers)
     except UserError as e:
         raise blame(e, flags, *config_file) from None
-    if resume:
+    if resume:   # a changed training setting is refused; what an --extend changes is said
         for line in check_changes(TrainConfig.build(saved, {"out": cfg.out}), cfg, Path(out),
                                   extend=getattr(args, "extend", False), flag_of=flag_of):
             print(line)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlm_grades.training.run import train
     from vlm_grades.training.run_folder import unlock_run
 
+    cfg = config_from_args(args)
     try:
-        summary = train(cfg, resume=resume, extend=getattr(args, "extend", False))
+        summary = train(cfg, resume=getattr(args, "resume", False), extend=getattr(args, "extend", False))
     finally:   # also when it failed: the lock of this process goes (a dead process's goes by itself)
         if cfg.out:
             unlock_run(cfg.out)

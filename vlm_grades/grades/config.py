@@ -60,8 +60,8 @@ class GradESConfig:
         if unknown:
             raise UserError(f"grades: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
         base: dict[str, Any] = dict(OFFICIAL) if preset == "official" else {}
-        if preset == "official" and "tau" in d:
-            d["tau"] = _merge_tau(OFFICIAL["tau"], d["tau"], official=True)
+        if d.get("tau") is not None:
+            d["tau"] = layer_tau(preset, d["tau"])
         base.update({k: v for k, v in d.items() if v is not None})
         base["preset"] = preset
         cfg = cls(**base)
@@ -159,10 +159,7 @@ def _one_tau(value: Any, where: str) -> Tau:
 def normalize_tau(tau: Any) -> dict[str, Tau]:
     """"auto" | number | {modality: number | "auto" | None} -> {modality: ...} for all three modalities."""
     if isinstance(tau, dict):
-        unknown = sorted(set(tau) - set(MODALITIES))
-        if unknown:
-            raise UserError(f"grades.tau: unknown modality {', '.join(map(str, unknown))}; "
-                            f"use {', '.join(MODALITIES)}")
+        _known(tau)
         return {m: _one_tau(tau.get(m), f".{m}") for m in MODALITIES}
     one = _one_tau(tau, "")
     if one is None:
@@ -170,9 +167,29 @@ def normalize_tau(tau: Any) -> dict[str, Tau]:
     return {m: one for m in MODALITIES}
 
 
-def _merge_tau(base: dict[str, Tau], given: Any, official: bool) -> dict[str, Tau]:
-    if isinstance(given, dict):
-        return {**base, **given}
-    if official:   # one value: vision and language only
-        return {"vision": given, "projector": None, "language": given}
-    return given
+def _known(tau: dict) -> None:
+    unknown = sorted(set(tau) - set(MODALITIES), key=str)
+    if unknown:
+        raise UserError(f"grades.tau.{unknown[0]}: unknown modality; use {', '.join(MODALITIES)}")
+
+
+def layer_tau(preset: str, *layers: Any) -> dict[str, Tau]:
+    """The thresholds set by `layers` over the preset's own, later layers winning (defaults < YAML < flags): a
+    number or "auto" sets every modality the preset monitors (official: vision and language), a mapping only
+    the modalities it names (null switches one off), a tuple is several layers in order (the flags: --tau,
+    then --tau-<modality>)."""
+    official = preset == "official"
+    tau: dict[str, Any] = dict(OFFICIAL["tau"]) if official else {m: "auto" for m in MODALITIES}
+    for layer in _flat(layers):
+        if isinstance(layer, dict):
+            _known(layer)                          # a bad value may be overridden by a later layer: checked last
+            tau.update(layer)
+        elif layer is None:
+            raise UserError("grades.tau: null switches every modality off; give a number, 'auto' or a mapping")
+        else:
+            tau.update({m: layer for m in (("vision", "language") if official else MODALITIES)})
+    return normalize_tau(tau)
+
+
+def _flat(layers: tuple) -> list:
+    return [x for layer in layers for x in (_flat(layer) if isinstance(layer, tuple) else [layer])]

@@ -40,9 +40,9 @@ def load_for_eval(path: str | Path):
         path = path / "final"
     arch = detect_architecture(path)
     if arch == "nanovlm":
-        from vlm_grades.models.nanovlm import NanoVLMAdapter
+        from vlm_grades.models.nanovlm_native import load_nanovlm
 
-        return NanoVLMAdapter.load(path)
+        return load_nanovlm(path)
     from vlm_grades.models.qwen2_5_vl import load_qwen_for_eval
 
     return load_qwen_for_eval(str(path))
@@ -52,9 +52,10 @@ def build_adapter(cfg, train_samples):
     """The adapter for a TrainConfig: a new or saved nanoVLM, or a Qwen2.5-VL checkpoint (full or LoRA)."""
     if cfg.model == "nanovlm":
         from vlm_grades.models.nanovlm import NanoVLMAdapter
+        from vlm_grades.models.nanovlm_native import load_nanovlm
 
         if cfg.model_path:
-            return NanoVLMAdapter.load(cfg.model_path)
+            return load_nanovlm(cfg.model_path)
         return NanoVLMAdapter.create(cfg.preset, train_samples, lm_weights=cfg.lm_weights,
                                      vision_weights=cfg.vision_weights)
     from vlm_grades.models.qwen2_5_vl import Qwen25VLAdapter

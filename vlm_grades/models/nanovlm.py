@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
 from nanovlm.config import VLMConfig
 from nanovlm.errors import CheckpointError
@@ -16,6 +16,7 @@ from nanovlm.vision_language_model import VisionLanguageModel
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.feature_cache.memory import FeatureCache, image_key
+from vlm_grades.models.tokenizer_loading import load_tokenizer
 from vlm_grades.models.tokenizer_words import IMAGE, build_word_tokenizer
 
 ADAPTER_FILE = "vlm_grades_adapter.json"
@@ -71,7 +72,7 @@ class NanoVLMAdapter:
         else:
             with as_user_error(CheckpointError):
                 source = tokenizer_path or lm_weights or str(weights.require_smollm2_cache())
-            tokenizer = _load_tokenizer(source)
+            tokenizer = load_tokenizer(source)
             image_token = next((t for t in SMOLLM2_IMAGE_TOKENS if t in tokenizer.get_vocab()), None)
             if image_token is None:
                 raise UserError(f"{source}: tokenizer has none of {SMOLLM2_IMAGE_TOKENS} to use as image token")
@@ -92,23 +93,21 @@ class NanoVLMAdapter:
 
     @classmethod
     def load(cls, path: str | Path) -> "NanoVLMAdapter":
-        """A folder saved by vlm-grades, or a checkpoint in nanoVLM's own format (folder or hub id)."""
-        from nanovlm.native_format import is_native_config
-        from vlm_grades.models import nanovlm_native as native
+        """A folder saved by vlm-grades from a preset model (`nanovlm_native.load_nanovlm` takes every
+        nanoVLM folder: this one, one saved from a nanoVLM checkpoint, and nanoVLM's own format)."""
+        model, tokenizer, meta = cls.load_parts(Path(path))
+        return cls(model, tokenizer, meta.get("preset", "tiny"), meta.get("max_length", 256))
 
-        source, path = str(path), Path(path)   # the user's spelling: Path drops a leading "./"
-        raw = native.read_config(path) if path.is_dir() else None
-        if not path.exists() or is_native_config(raw):
-            return native.NativeNanoVLMAdapter.load_native(source)
-        if raw is None:
+    @staticmethod
+    def load_parts(path: Path) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase, dict]:
+        """The model, tokenizer and adapter settings of a folder vlm-grades saved."""
+        if not (path / "config.json").is_file():
             raise UserError(f"{path}: not a nanoVLM checkpoint (no config.json)")
         with as_user_error(CheckpointError):
             model = VisionLanguageModel.from_pretrained(str(path))
-        tokenizer = _load_tokenizer(str(path))
+        tokenizer = load_tokenizer(str(path))
         meta = json.loads((path / ADAPTER_FILE).read_text()) if (path / ADAPTER_FILE).exists() else {}
-        if (path / native.NATIVE_FILE).is_file():
-            return native.NativeNanoVLMAdapter.load_saved(path, model, tokenizer, meta)
-        return cls(model, tokenizer, meta.get("preset", "tiny"), meta.get("max_length", 256))
+        return model, tokenizer, meta
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -212,10 +211,3 @@ class NanoVLMAdapter:
         patches = (self.cfg.vit_img_size // self.cfg.vit_patch_size) ** 2
         return {"vision": b * patches, "projector": b * self.cfg.mp_image_token_length,
                 "language": int(batch["attention_mask"].sum())}
-
-
-def _load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    try:
-        return PreTrainedTokenizerFast.from_pretrained(source)
-    except Exception as e:  # noqa: BLE001 - any loader failure is a bad path from the user's side
-        raise UserError(f"{source}: cannot load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]})") from None

@@ -19,7 +19,8 @@ from nanovlm.weights import check_state_dict
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
 from vlm_grades.models.hub import hub_id
-from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter, _load_tokenizer
+from vlm_grades.models.nanovlm import SMOLLM2_IMAGE_TOKENS, NanoVLMAdapter
+from vlm_grades.models.tokenizer_loading import hub_unreachable, load_checkpoint_tokenizer
 
 NATIVE_FILE = "nanovlm_native.json"     # beside vlm-grades' own save: the original config, dtypes, header
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -43,6 +44,9 @@ def resolve(source: str) -> Path:
     if p.exists():
         return p
     hub_id(source)
+    why = hub_unreachable(source)
+    if why:   # hf_hub_download would retry each file for about 20 s before giving up
+        raise UserError(f"--model-path: {source}: not a local folder, and the Hugging Face hub cannot serve it ({why})")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -53,11 +57,22 @@ def resolve(source: str) -> Path:
     return Path(files[0]).parent
 
 
+def load_nanovlm(source: str | Path) -> NanoVLMAdapter:
+    """Any nanoVLM folder: one vlm-grades saved (from a preset or from a nanoVLM checkpoint), or a
+    checkpoint in nanoVLM's own format (folder or hub id)."""
+    path = Path(source)   # str(source) keeps the user's spelling for messages: Path drops a leading "./"
+    raw = read_config(path) if path.is_dir() else None
+    if not path.exists() or nf.is_native_config(raw):
+        return NativeNanoVLMAdapter.load_native(str(source))
+    if (path / NATIVE_FILE).is_file():
+        return NativeNanoVLMAdapter.load_saved(path, *NanoVLMAdapter.load_parts(path))
+    return NanoVLMAdapter.load(path)
+
+
 def _tokenizer(folder: Path, pipe: nf.NativePipeline) -> PreTrainedTokenizerBase:
-    """The checkpoint folder's own tokenizer files, else lm_tokenizer (a folder, or a hub id fetched by
-    transformers when online), with the pipeline's extra tokens added in nanoVLM's order."""
-    own = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
-    tok = _load_tokenizer(str(folder) if own else pipe.tokenizer)
+    """The checkpoint folder's own tokenizer files, else lm_tokenizer (a folder, the Hugging Face cache, or
+    the hub when it answers), with the pipeline's extra tokens added in nanoVLM's order."""
+    tok = load_checkpoint_tokenizer(folder, pipe.tokenizer, str(folder / CONFIG))
     missing = [t for t in pipe.extra_tokens.values() if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
@@ -156,7 +171,7 @@ class NativeNanoVLMAdapter(NanoVLMAdapter):
 
     def prompt_ids(self, prompt: str, grid: tuple[int, int]) -> list[int]:
         n = self.cfg.mp_image_token_length
-        if self.pipe.kind == "v0.1":
+        if self.pipe.kind in ("v0.1", "v0.2"):
             return [self.cfg.image_token_id] * n + self._ids(prompt)
         if self.pipe.kind == "tiled":
             layout = image_token_layout(grid, n, self.pipe.extra_tokens, self.pipe.global_view)
@@ -175,8 +190,15 @@ class NativeNanoVLMAdapter(NanoVLMAdapter):
         item = {"id": sample.id, "pixel_values": pixels, "input_ids": prompt}
         if train:
             target = sample.meta.get("train_target", sample.targets[0])
-            lead = " " if self.pipe.kind == "v0.1" else ""      # the chat template ends with a newline
-            answer = self._ids(lead + target) + [self.cfg.eos_token_id]
+            if self.pipe.kind in ("v0.1", "v0.2"):
+                # nanoVLM's collator tokenizes f"{prompt}{answer}{eos}" as one text (no space before the
+                # answer: "Answer:red") and trains on the tokens past the prompt's own token count
+                images = prompt[: self.cfg.mp_image_token_length]
+                n_prompt = len(prompt) - len(images)
+                text = self._ids(sample.prompt + target) + [self.cfg.eos_token_id]
+                prompt, answer = images + text[:n_prompt], text[n_prompt:]
+            else:
+                answer = self._ids(target) + [self.cfg.eos_token_id]   # the chat template ends with a newline
             item["input_ids"] = (prompt + answer)[: self.max_length]
             item["labels"] = ([-100] * len(prompt) + answer)[: self.max_length]
         return item

@@ -33,6 +33,7 @@ def check_model_path(model: str, model_path: str) -> None:
         raise UserError(f"--model-path: {model_path}: a {arch} checkpoint, but --model is {model}")
     if arch == "nanovlm":
         check_nanovlm_tensors(path)
+        check_nanovlm_tokenizer(path)
 
 
 def check_eval_model(model: str) -> None:
@@ -46,6 +47,7 @@ def check_eval_model(model: str) -> None:
         path = path / "final"
     if detect_architecture(path) == "nanovlm":
         check_nanovlm_tensors(path)
+        check_nanovlm_tokenizer(path)
 
 
 def safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
@@ -114,3 +116,15 @@ def check_nanovlm_tensors(folder: Path) -> None:
         check_state_dict(model, state, str(weights), optional)
     except CheckpointError as e:
         raise UserError(str(e)) from None
+
+
+def check_nanovlm_tokenizer(folder: Path) -> None:
+    """A checkpoint in nanoVLM's own format without tokenizer files: the tokenizer its lm_tokenizer names is
+    a folder, cached, or on a hub that answers (offline, one line now instead of minutes of retries later)."""
+    from nanovlm.native_format import is_native_config
+    from vlm_grades.models.tokenizer_loading import check_checkpoint_tokenizer
+
+    config = folder / "config.json"
+    raw = json.loads(config.read_text())       # read and checked by check_nanovlm_tensors
+    if is_native_config(raw):
+        check_checkpoint_tokenizer(folder, str(raw["lm_tokenizer"]), str(config))

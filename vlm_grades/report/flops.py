@@ -6,8 +6,13 @@ The model (also printed in every report, see FLOP_MODEL):
 - a modality's baseline cost per step is 6 P r + 10 P, with P all of its parameters (norms and embeddings
   counted like matrices) and r its rows that step (metrics.jsonl `tokens`);
 - a matrix frozen at step f saves 2nr + 10n on every later step (f+1 on);
-- a modality finalized at step g skips its whole backward and update: 4 P r + 10 P on every later step,
-  which replaces (never adds to) the savings of its frozen matrices;
+- a modality finalized at step g skips its weight gradients and update, 2 P r + 10 P, on every later step,
+  and its input gradients too, 4 P r + 10 P, on the steps when no modality upstream of it (vision before
+  projector before language) still trains: autograd must carry gradients through a frozen language model to
+  a vision tower that trains. This replaces (never adds to) the savings of its frozen matrices; a modality
+  frozen for the whole run (config `freeze`) or without monitored matrices (LoRA without adapters on it)
+  does not train; while none upstream trains, the projector's first matrix, which takes the vision
+  features, skips its input gradient (2nr), frozen or not;
 - an image whose projector output came from the feature cache skips the vision and projector forward, 2Pr
   for the rows it would have cost (metrics.jsonl `cached_rows`);
 - a run that stopped before its planned steps (`total_steps` of the start event) also saves the baseline
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlm_grades.report.run_data import RunData, num
+from vlm_grades.report.run_data import MODALITIES, RunData, num
 
 FWD, BWD_INPUT, BWD_WEIGHT, OPTIMIZER = 2, 2, 2, 10
 
@@ -28,7 +33,10 @@ FLOP_MODEL = (
     "2nr weight-gradient FLOPs per step, plus ~10n for its AdamW update; the baseline (no freezing) costs "
     "6Pr + 10P per step for a modality of P parameters (every parameter counted as a matrix) and r rows "
     "(metrics.jsonl tokens). A matrix frozen at step f saves 2nr + 10n from step f+1; a modality finalized "
-    "at step g saves its whole backward and update, 4Pr + 10P, from step g+1 (each matrix counted once). "
+    "at step g saves its weight gradients and update, 2Pr + 10P, from step g+1, and its input gradients too "
+    "(4Pr + 10P) on the steps when no modality upstream of it (vision, then projector, then language) still "
+    "trains, since autograd must carry gradients through it to them (each matrix counted once); likewise "
+    "the projector's first matrix skips its input gradient, 2nr, while nothing upstream of it trains. "
     "Images whose features came from the frozen-tower feature cache save the forward too, 2Pr for their rows "
     "(metrics.jsonl cached_rows). "
     "'vs. planned' adds the baseline cost of the planned steps (start event total_steps) never run, at the "
@@ -52,9 +60,25 @@ def rows_per_step(run: RunData, modality: str, last_step: int, field: str = "tok
     return rows
 
 
-def _saved_after(step: int, per_step: np.ndarray) -> float:
-    """Sum of per_step over the steps after `step` (step f saves from f+1)."""
-    return float(per_step[max(step, 0):].sum())
+def finalized_saving(parameters: int, rows, upstream_trains):
+    """What a step of a finalized modality no longer costs: its weight gradients and update, and its input
+    gradients unless a modality upstream of it still trains (elementwise over steps for arrays)."""
+    return (BWD_WEIGHT + BWD_INPUT * (1 - np.asarray(upstream_trains, dtype=np.float64))) * parameters * rows \
+        + OPTIMIZER * parameters
+
+
+def upstream_trains(run: RunData, modality: str, last_step: int) -> np.ndarray:
+    """trains[s-1]: whether a modality before `modality` (vision, projector, language) trains at step s."""
+    trains = np.zeros(last_step, dtype=bool)
+    if modality not in MODALITIES:
+        return trains
+    frozen = set(run.config.get("freeze") or [])
+    for m in MODALITIES[:MODALITIES.index(modality)]:
+        if m in frozen or not run.components_of(m):
+            continue
+        fin = run.finalize_steps.get(m)
+        trains[:last_step if fin is None else min(max(fin, 0), last_step)] = True
+    return trains
 
 
 def estimate(run: RunData) -> dict:
@@ -77,8 +101,15 @@ def estimate(run: RunData) -> dict:
             if f is None or f >= end:
                 continue
             saved += float((BWD_WEIGHT * c.numel * rows[f:end] + OPTIMIZER * c.numel).sum())
+        first = run.components_of(modality)[:1]
+        if modality == "projector" and first:
+            # its first matrix takes the vision features: no input gradient while no modality upstream trains
+            # (the language model's input also holds its own token embeddings, which train with it)
+            idle = ~upstream_trains(run, modality, last)[:end]
+            saved += float((BWD_INPUT * first[0].numel * rows[:end] * idle).sum())
         if fin is not None and fin < last:
-            saved += _saved_after(fin, (BWD_INPUT + BWD_WEIGHT) * P * rows + OPTIMIZER * P)
+            after = slice(max(fin, 0), last)   # finalized at g: saves from step g+1
+            saved += float(finalized_saving(P, rows[after], upstream_trains(run, modality, last)[after]).sum())
         saved += float((FWD * P * rows_per_step(run, modality, last, "cached_rows")).sum())
         baseline = float(baseline_step.sum())
         entry = {"parameters": P, "rows": float(rows.sum()), "baseline": baseline, "saved": saved,

@@ -48,6 +48,7 @@ def replay(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str
     """Replays `run`'s logged statistics under its GradES settings updated with `overrides` (GradESConfig
     keys). Returns the rule used, freeze steps, stop step and the components it could not follow."""
     from vlm_grades.grades import GradES, GradESConfig
+    from vlm_grades.grades.config import layer_tau
 
     data = RunData.load(run)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -61,8 +62,9 @@ def replay(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str
                             f"{GradESConfig.from_dict(saved).to_dict()[key]!r}; a replay changes the rule, "
                             f"not the statistic")
     settings = {**saved, **overrides}
-    if isinstance(saved.get("tau"), dict) and isinstance(overrides.get("tau"), dict):
-        settings["tau"] = {**saved["tau"], **overrides["tau"]}
+    if "tau" in overrides:   # a --tau-<modality> flag changes that modality's threshold only
+        settings["tau"] = layer_tau(settings.get("preset") or "default",
+                                    *[t for t in (saved.get("tau"), overrides["tau"]) if t is not None])
     config = GradESConfig.from_dict({**settings, "sketch": "off"})   # decisions do not depend on storage
     steps = int(data.config.get("steps") or 0) or None
 

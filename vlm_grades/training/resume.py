@@ -71,7 +71,7 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False,
 
     changed = [(name, getattr(ran, name), getattr(now, name)) for name in (f.name for f in dataclasses.fields(ran))
                if name not in FREE_ON_RESUME | {"steps", "grades"} and getattr(ran, name) != getattr(now, name)]
-    before, after = _resolved_grades(ran), _resolved_grades(now)
+    before, after = _flat(_resolved_grades(ran)), _flat(_resolved_grades(now))
     changed += [(f"grades.{k}", before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
                 if before.get(k) != after.get(k)]
     if changed:
@@ -133,6 +133,15 @@ def _resolved_grades(cfg: Any) -> dict[str, Any]:
     from vlm_grades.grades.config import GradESConfig
 
     return GradESConfig.from_dict(cfg.grades).to_dict() if cfg.stopping == "grades" else dict(cfg.grades)
+
+
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """Per-modality thresholds as keys of their own (`tau.language`), so a change names its modality."""
+    flat = {k: v for k, v in settings.items() if not isinstance(v, dict)}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{m}": v for m, v in value.items()})
+    return flat
 
 
 def _show(value: Any) -> str:
