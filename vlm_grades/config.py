@@ -60,8 +60,10 @@ class TrainConfig:
     lr_language: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.05                   # fraction of planned steps (or an absolute count if >= 1)
-    schedule: str = "cosine"               # cosine | linear | constant
+    schedule: str = "cosine"               # cosine | linear | constant | wsd (warmup-stable-decay)
     min_lr_ratio: float = 0.1
+    decay_at: int | None = None            # wsd: start the cooldown at this step instead of on convergence
+    cooldown: float = 0.2                  # wsd: the cooldown lasts this fraction of the steps done before it
     clip: float = 1.0
     mixed_precision: str = "no"            # no | bf16 | fp16
     distributed: str = "ddp"               # several processes: ddp (replicated) | fsdp (FSDP2, sharded)
@@ -154,8 +156,7 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "bf16"):
             raise UserError(f"--mixed-precision: expected no or bf16, got {self.mixed_precision!r}")
         self._check_distributed()
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise UserError(f"--schedule: expected cosine, linear or constant, got {self.schedule!r}")
+        self._check_schedule()
         if not 0.0 <= self.mix_fraction < 1.0:
             raise UserError(f"--mix-fraction: must be in [0, 1), got {self.mix_fraction}")
         if self.mix_fraction > 0:
@@ -172,6 +173,22 @@ class TrainConfig:
             GradESConfig.from_dict(self.grades).validate(self.steps)
         if self.lr is not None:
             self.lr_vision = self.lr_projector = self.lr_language = self.lr
+
+    def _check_schedule(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule: expected {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (math.isfinite(self.cooldown) and 0 < self.cooldown <= 1):
+            raise UserError(f"--cooldown: must be a fraction in (0, 1], got {self.cooldown}")
+        if self.schedule != "wsd":
+            if self.decay_at is not None:
+                raise UserError(f"--decay-at: only with --schedule wsd (the schedule is {self.schedule})")
+            return
+        if 0 < self.warmup < 1:
+            raise UserError(f"--warmup: {self.warmup} is a fraction of --steps, but under --schedule wsd --steps is "
+                            f"only a cap; give the warm-up as a number of steps (e.g. --warmup 50)")
+        if self.decay_at is not None and not self.warmup <= self.decay_at < self.steps:
+            raise UserError(f"--decay-at: {self.decay_at} must lie between the warm-up ({self.warmup:g} steps) "
+                            f"and --steps {self.steps}")
 
     def _check_numbers(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -271,6 +288,7 @@ class TrainConfig:
 
 
 NANOVLM_PRESETS = ("tiny", "smol", "222m")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 _AT_LEAST_ONE = ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batch_size",
                  "max_new_tokens", "classic_every", "classic_patience")
 _AT_LEAST_ONE_OR_ALL = ("max_samples", "val_max_samples", "eval_max_samples")
