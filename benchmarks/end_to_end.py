@@ -11,7 +11,7 @@ The thread count changes the order of floating-point sums and so the runs: run t
 (`--threads 1 --tag t1`, `--threads 2 --tag t2`) and pool the files with `--report` (pairs are matched by
 thread count and seed; the median speedup and the worst run are over all pairs).
 
-Every run goes through `vlm_grades.train.train(TrainConfig.build({...}))` into a run folder under --out; the
+Every run goes through `vlm_grades.training.run.train(TrainConfig.build({...}))` into a run folder under --out; the
 hyper-parameters are the TrainConfig defaults of the preset (read at run time), only the sizes given here
 change. Modes: `none`, `classic` (validation loss every classic_every steps on val_max_samples samples, both
 scaled with --steps so a short run checks as often, at the same relative cost, as the default run), `grades` (the default GradES settings) and `official`
@@ -67,9 +67,10 @@ class Timers:
 def instrument(timers: Timers, on_step: Callable[[Any], None] | None = None):
     """Times the training loop (Trainer.fit: steps plus classic's validation passes), the validation passes
     and the held-out evaluation of one train() call; optionally calls on_step(trainer) after each step."""
-    import vlm_grades.train as T
+    import vlm_grades.training.run as T
+    from vlm_grades.training.stopping import ClassicStopping as C
 
-    orig_fit, orig_val, orig_eval, orig_log = (T.Trainer.fit, T.Trainer.validation_loss, T.evaluate_held_out,
+    orig_fit, orig_val, orig_eval, orig_log = (T.Trainer.fit, C.validation_loss, T.evaluate_held_out,
                                                T.Trainer._log)
 
     def fit(self):
@@ -99,12 +100,12 @@ def instrument(timers: Timers, on_step: Callable[[Any], None] | None = None):
         if on_step is not None:
             on_step(self)
 
-    T.Trainer.fit, T.Trainer.validation_loss, T.evaluate_held_out, T.Trainer._log = (
+    T.Trainer.fit, C.validation_loss, T.evaluate_held_out, T.Trainer._log = (
         fit, validation_loss, evaluate_held_out, _log)
     try:
         yield timers
     finally:
-        T.Trainer.fit, T.Trainer.validation_loss, T.evaluate_held_out, T.Trainer._log = (
+        T.Trainer.fit, C.validation_loss, T.evaluate_held_out, T.Trainer._log = (
             orig_fit, orig_val, orig_eval, orig_log)
 
 
@@ -148,7 +149,7 @@ def run_one(layer: dict[str, Any], out: Path, on_step=None) -> dict[str, Any]:
     from vlm_grades.config import TrainConfig
     from vlm_grades.report import flops
     from vlm_grades.report.run_data import RunData
-    from vlm_grades.train import train
+    from vlm_grades.training.run import train
 
     if out.exists():
         shutil.rmtree(out)
@@ -184,7 +185,7 @@ def calibrate_official(layer: dict[str, Any], out: Path, val_samples_n: int, tol
     from eval.runner import evaluate
     from vlm_grades.config import TrainConfig
     from vlm_grades.grades import GradESConfig
-    from vlm_grades.train_data import load_split
+    from vlm_grades.training.data import load_split
 
     layer = {**layer, **mode_layer("official", {"vision": NEVER, "language": NEVER}), "seed": CALIBRATION_SEED,
              "eval_split": None}

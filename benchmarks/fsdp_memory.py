@@ -19,11 +19,11 @@ import torch.distributed as dist
 import common  # noqa: F401  (puts the repository on sys.path)
 from nanovlm.config import VLMConfig
 from nanovlm.vision_language_model import VisionLanguageModel
-from vlm_grades import sharding
+from vlm_grades.parallel import sharding
 from vlm_grades.components import build_registry
 from vlm_grades.grades import GradES
 from vlm_grades.grades.shards import local
-from vlm_grades.optim import build_optimizer
+from vlm_grades.training.optim import build_optimizer
 
 
 def build(preset: str) -> VisionLanguageModel:

@@ -63,7 +63,7 @@ CACHED = {"vision + projector cached"}
 def setup(preset: str, batch_size: int):
     from vlm_grades.config import TrainConfig
     from vlm_grades.models import build_adapter
-    from vlm_grades.train_data import load_split
+    from vlm_grades.training.data import load_split
 
     cfg = TrainConfig.build({"model": "nanovlm", "preset": preset, "task": "easyvqa", "max_samples": 4 * batch_size,
                              "batch_size": batch_size, "progress": False})
@@ -79,7 +79,7 @@ class Trainee:
     def __init__(self, cfg, adapter, model, frozen=None, finalize=(), cached=False):
         from vlm_grades.components import build_registry
         from vlm_grades.grades import GradES, GradESConfig
-        from vlm_grades.optim import build_optimizer
+        from vlm_grades.training.optim import build_optimizer
 
         self.adapter = copy.copy(adapter)
         self.adapter.model = model
@@ -102,7 +102,7 @@ class Trainee:
             self.finalized = []
         self.cached = cached
         if cached:
-            from vlm_grades.feature_cache import FeatureCache
+            from vlm_grades.feature_cache.memory import FeatureCache
 
             self.adapter.feature_cache = FeatureCache(2 ** 30)
         model.train()

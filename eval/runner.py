@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from eval import coco, easyvqa, formats, gqa, vqav2
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache import DEFAULT_SIZE, FeatureCache, parse_size
+from vlm_grades.feature_cache.memory import DEFAULT_SIZE, FeatureCache, parse_size
 
 DEFAULT_CACHE_BYTES = parse_size(DEFAULT_SIZE)
 
@@ -200,7 +200,7 @@ def evaluate(adapter, samples: list, task: str, out_dir: str | Path, batch_size:
                                       for s, k, text in zip(samples, keys, texts)))
     result["generation"] = generation
     result["files"] = {k: str(v) for k, v in files.items()}
-    from vlm_grades.run_folder import write_json_atomic
+    from vlm_grades.training.run_folder import write_json_atomic
 
     write_json_atomic(files["scores"], result)
     return result

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 VISION_KINDS = {"attn.qkv": (64, 3 * 64), "attn.o": (64, 64), "mlp.fc1": (64, 256), "mlp.fc2": (256, 64)}
 LANGUAGE_KINDS = {"attn.q": (96, 96), "attn.k": (96, 32), "attn.v": (96, 32), "attn.o": (96, 96),

@@ -18,8 +18,8 @@ from vlm_grades.cli import main  # noqa: E402
 from vlm_grades.config import TrainConfig  # noqa: E402
 from vlm_grades.data.schema import Sample  # noqa: E402
 from vlm_grades.errors import UserError  # noqa: E402
-from vlm_grades.feature_cache import FeatureCache, parse_size  # noqa: E402
-from vlm_grades.run_folder import RunFolder  # noqa: E402
+from vlm_grades.feature_cache.memory import FeatureCache, parse_size  # noqa: E402
+from vlm_grades.training.run_folder import RunFolder  # noqa: E402
 
 TOL = 1e-6
 
@@ -62,7 +62,7 @@ def test_lru_eviction_keeps_the_most_recent_within_the_bound():
 @pytest.fixture(scope="module")
 def nano():
     from vlm_grades.models import build_adapter
-    from vlm_grades.train_data import load_split
+    from vlm_grades.training.data import load_split
 
     torch.manual_seed(0)
     cfg = TrainConfig.build({"model": "nanovlm", "task": "easyvqa", "max_samples": 96, "progress": False,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from test_train_ddp import check_ok, rank_states, torchrun
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 # 64 samples over 2 processes, 4 per step each: 8 steps per epoch. One image per micro-batch: the run without
 # the cache then also sends one image per tower forward, as the cache does, so its features are the same bits

@@ -11,9 +11,9 @@ import torch
 from vlm_grades.cli import main
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache import FeatureCache
-from vlm_grades.feature_cache_disk import DiskTier
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.feature_cache.memory import FeatureCache
+from vlm_grades.feature_cache.disk import DiskTier
+from vlm_grades.training.run_folder import RunFolder
 from test_feature_cache import TOL, cached_losses_equal_the_tower, nano_batches, per_image_bytes
 from test_feature_cache import nano  # noqa: F401  (a pytest fixture, used by name)
 

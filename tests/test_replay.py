@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vlm_grades.cli import main
-from vlm_grades.replay import replay
+from vlm_grades.report.replay import replay
 from vlm_grades.report.run_data import RunData
 
 

@@ -14,7 +14,7 @@ from vlm_grades.errors import UserError
 from vlm_grades.report.build import write_report
 from vlm_grades.report.figures import FIGURES
 from vlm_grades.report.run_data import RunData
-from vlm_grades.run_folder import read_jsonl
+from vlm_grades.training.run_folder import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import yaml
 
 from vlm_grades.report import flops, summary
 from vlm_grades.report.run_data import RunData
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 
 def tiny_run(path, metrics_every: int = 1, ended: bool = True):

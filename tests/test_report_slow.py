@@ -10,7 +10,7 @@ from PIL import Image
 
 from vlm_grades.cli import main
 from vlm_grades.report.figures import FIGURES
-from vlm_grades.run_folder import read_jsonl
+from vlm_grades.training.run_folder import read_jsonl
 
 
 @pytest.mark.slow

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from vlm_grades.run_folder import LOGS, RunFolder
+from vlm_grades.training.run_folder import LOGS, RunFolder
 
 STEPS = 1500
 KEEP = 600
-REWRITE = ("import sys; from vlm_grades.run_folder import RunFolder; "
+REWRITE = ("import sys; from vlm_grades.training.run_folder import RunFolder; "
            "RunFolder(sys.argv[1]).truncate_after(int(sys.argv[2]))")
 
 

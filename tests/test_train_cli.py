@@ -13,7 +13,7 @@ import torch
 
 from fixtures_data import not_an_image, write_hf_coco, write_hf_vqav2, write_vqav2
 from vlm_grades.cli import main
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 QUICK = ["--steps", "2", "--max-samples", "16", "--batch-size", "8", "--eval-split=", "--alpha", "1"]
 

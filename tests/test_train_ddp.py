@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1"}
 # 256 samples over 2 processes, 4 per micro-batch, 2 micro-batches per step: 16 steps per epoch

@@ -8,9 +8,9 @@ import math
 import torch
 from safetensors.torch import load_file
 
-from vlm_grades.checkpoint import latest_checkpoint
+from vlm_grades.training.checkpoint import latest_checkpoint
 from vlm_grades.cli import main
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 DIVERGING = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--lr", "1e4", "--eval-split", "test",
              "--eval-max-samples", "8", "--no-progress", "--seed", "1"]

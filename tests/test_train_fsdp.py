@@ -20,7 +20,7 @@ from test_train_ddp import check_ok, free_port, rank_states
 from test_train_resume import assert_same_weights, final_weights, history
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VLM_GRADES_RANK_STATE": "1",
@@ -179,7 +179,7 @@ def test_bad_distributed_settings_are_one_line(settings, message):
 
 
 def test_launchers_fsdp_cannot_use_are_refused(monkeypatch):
-    from vlm_grades.train import check_launcher
+    from vlm_grades.training.run import check_launcher
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(UserError, match="--distributed fsdp: needs 2 or more processes"):
@@ -214,7 +214,7 @@ def test_sketch_positions_map_to_shards_and_partial_sums_add_up():
 
 
 def test_skeleton_costs_no_memory_and_materializes_with_ties():
-    from vlm_grades.sharding import materialize, skeleton, transformer_blocks
+    from vlm_grades.parallel.sharding import materialize, skeleton, transformer_blocks
 
     class Tied(nn.Module):
         def __init__(self):

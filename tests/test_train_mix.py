@@ -5,7 +5,7 @@ import pytest
 
 from vlm_grades.config import TrainConfig
 from vlm_grades.errors import UserError
-from vlm_grades.train_data import load_split, mix_in
+from vlm_grades.training.data import load_split, mix_in
 
 
 def test_nanovlm_from_scratch_on_easyvqa_mixes_in_captions_by_default_and_only_there():

@@ -13,7 +13,7 @@ import torch
 from fixtures_data import write_coco, write_gqa, write_hf_coco, write_hf_gqa, write_hf_vqav2, write_vqav2
 from tiny_qwen import make_tiny_qwen
 from vlm_grades.cli import main
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 COCO_IDS = (139, 285, 632, 724)      # one caption sample per image: 4 for a batch of 4
 LAYOUTS = {

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlm_grades.checkpoint import STATE_FILE, latest_checkpoint
+from vlm_grades.training.checkpoint import STATE_FILE, latest_checkpoint
 from vlm_grades.cli import main
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # 256 samples / batch 8 = 32 steps per epoch, so the 40 steps cross an epoch boundary; GradES (auto thresholds,

@@ -25,14 +25,14 @@ STATE_FILE = "grades_state.pt"
 
 def jsonl_writer(directory: str | os.PathLike) -> Callable[[str, dict], None]:
     """Appends convergence.jsonl / events.jsonl records in a folder (RunFolder's format)."""
-    from vlm_grades.run_folder import _clean
+    from vlm_grades.training.run_folder import json_safe
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
 
     def write(kind: str, record: dict) -> None:
         with open(directory / f"{kind}.jsonl", "a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
     return write
 

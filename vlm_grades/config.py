@@ -364,7 +364,7 @@ SCRATCH_DEFAULTS: dict[str, dict[str, Any]] = {"easyvqa": {"mix_task": "easyvqa-
 
 
 def _size(flag: str, value: str) -> int:
-    from vlm_grades.feature_cache import parse_size
+    from vlm_grades.feature_cache.memory import parse_size
 
     try:
         return parse_size(value)

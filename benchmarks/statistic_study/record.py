@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from vlm_grades.config import TrainConfig
-    from vlm_grades.train import train
+    from vlm_grades.training.run import train
     import vlm_grades.grades.engine as E
     from vlm_grades.grades.statistics import sketch_index
 

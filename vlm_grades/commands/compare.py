@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from vlm_grades.errors import UserError
-from vlm_grades.run_folder import write_json_atomic
+from vlm_grades.training.run_folder import write_json_atomic
 
 
 def register(subparsers) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vlm_grades.commands.score import add_scoring_flags, check_scoring_flags
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache import DEFAULT_SIZE, parse_size
+from vlm_grades.feature_cache.memory import DEFAULT_SIZE, parse_size
 
 
 def register(subparsers) -> None:

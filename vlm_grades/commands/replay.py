@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlm_grades.replay import replay, replay_table
+    from vlm_grades.report.replay import replay, replay_table
 
     settings = flags_to_settings(argparse.Namespace(**{k: v for k, v in vars(args).items()
                                                        if k not in ("run", "json", "steps")}))

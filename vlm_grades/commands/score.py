@@ -110,7 +110,7 @@ def run(args) -> int:
     print(f"references: {ref_name}")
     print(format_table(result))
     if args.out:
-        from vlm_grades.run_folder import write_json_atomic
+        from vlm_grades.training.run_folder import write_json_atomic
         write_json_atomic(args.out, result)
         print(f"scores written to {args.out}")
     return 0

@@ -187,7 +187,7 @@ def flags_to_settings(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from vlm_grades.config import TrainConfig
-    from vlm_grades.train import train
+    from vlm_grades.training.run import train
 
     layers = []
     if getattr(args, "config", None):

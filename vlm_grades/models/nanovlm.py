@@ -15,7 +15,7 @@ from nanovlm.errors import CheckpointError
 from nanovlm.vision_language_model import VisionLanguageModel
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError, as_user_error
-from vlm_grades.feature_cache import FeatureCache, image_key
+from vlm_grades.feature_cache.memory import FeatureCache, image_key
 from vlm_grades.models.tokenizer_words import IMAGE, build_word_tokenizer
 
 ADAPTER_FILE = "vlm_grades_adapter.json"

@@ -27,7 +27,7 @@ from torch import nn
 
 from vlm_grades.data.schema import Sample, load_image
 from vlm_grades.errors import UserError
-from vlm_grades.feature_cache import FeatureCache, image_key
+from vlm_grades.feature_cache.memory import FeatureCache, image_key
 from vlm_grades.models.hub import hub_id
 from vlm_grades.models.lora import LoraSettings, apply_lora, load_lora
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_grades.feature_cache import FeatureCache
+from vlm_grades.feature_cache.memory import FeatureCache
 
 
 def image_features(hf: nn.Module, cache: FeatureCache, batch: dict[str, Any], device) -> list[torch.Tensor]:

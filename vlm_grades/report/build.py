@@ -8,7 +8,7 @@ from vlm_grades.errors import UserError
 from vlm_grades.report import EXTRA_FORMATS, FORMATS, html, markdown, summary, table
 from vlm_grades.report.figures import render_all
 from vlm_grades.report.run_data import RunData
-from vlm_grades.run_folder import write_json_atomic
+from vlm_grades.training.run_folder import write_json_atomic
 
 
 def parse_formats(text: str) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from vlm_grades.errors import UserError
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.run_folder import RunFolder
 
 MODALITIES = ("vision", "projector", "language")
 

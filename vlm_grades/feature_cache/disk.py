@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from vlm_grades.feature_cache import tensor_nbytes
+from vlm_grades.feature_cache.sizes import tensor_nbytes
 
 _ALIGN = 64   # every entry starts at a multiple of this, so a slice can be viewed as any dtype
 

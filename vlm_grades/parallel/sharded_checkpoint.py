@@ -11,7 +11,7 @@ from typing import Any
 import torch.distributed as dist
 from torch import nn
 
-from vlm_grades.checkpoint import begin_checkpoint, commit_checkpoint, write_parts
+from vlm_grades.training.checkpoint import begin_checkpoint, commit_checkpoint, write_parts
 
 SHARDED = "sharded"
 

@@ -14,14 +14,14 @@ from vlm_grades.errors import UserError
 LOGS = ("convergence", "events", "metrics")
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN/Inf: write them as strings so every line stays valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -49,7 +49,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(_clean(obj), indent=2))
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=2))
 
 
 def check_can_create(path: Path, flag: str = "--out") -> None:
@@ -125,7 +125,7 @@ class RunFolder:
     def append(self, kind: str, record: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.log_path(kind), "a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json_atomic(self.path / name, obj)

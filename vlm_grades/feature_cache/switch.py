@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from vlm_grades.feature_cache import FeatureCache, format_size
+from vlm_grades.feature_cache.memory import FeatureCache, format_size
 
 TOWER = ("vision", "projector")
 
@@ -57,7 +57,7 @@ class FeatureCacheSwitch:
     def _disk_tier(self):
         if self.disk_bytes <= 0:
             return None
-        from vlm_grades.feature_cache_disk import DiskTier
+        from vlm_grades.feature_cache.disk import DiskTier
 
         return self._disk_error(lambda: DiskTier(self.disk_path, self.disk_bytes))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vlm_grades.checkpoint import latest_checkpoint
+from vlm_grades.training.checkpoint import latest_checkpoint
 from vlm_grades.errors import UserError
-from vlm_grades.run_folder import LOGS, RunFolder
+from vlm_grades.training.run_folder import LOGS, RunFolder
 
 # what a run writes after its settings; config.yaml and components.json are rewritten by the new attempt
 OUTPUTS = [f"{kind}.jsonl" for kind in LOGS] + ["summary.json", "final", "eval", "report", "checkpoints"]

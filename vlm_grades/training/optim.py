@@ -1,7 +1,5 @@
-"""AdamW with one parameter group per modality, and the warmup + cosine/linear/constant schedule."""
+"""AdamW with one parameter group per modality (the learning-rate schedule is schedule.py)."""
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -22,25 +20,6 @@ def build_optimizer(modality_params: dict[str, list[tuple[str, nn.Parameter]]], 
         raise ValueError("no trainable parameters")
     # foreach keeps the step fast on CPU; fused AdamW is CUDA-only for older torch
     return torch.optim.AdamW(groups, betas=(0.9, 0.95), foreach=True)
-
-
-def lr_lambda(total_steps: int, warmup: float, schedule: str, min_ratio: float):
-    warm = int(warmup) if warmup >= 1 else int(round(warmup * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-        return min_ratio + (1 - min_ratio) * shape
-
-    return factor
-
-
-def build_scheduler(optimizer, total_steps: int, warmup: float, schedule: str, min_ratio: float):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, schedule, min_ratio))
 
 
 def current_lrs(optimizer) -> dict[str, float]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from vlm_grades.checkpoint import complete_checkpoints, load_checkpoint
-from vlm_grades.run_folder import RunFolder
+from vlm_grades.training.checkpoint import complete_checkpoints, load_checkpoint
+from vlm_grades.training.run_folder import RunFolder
 
 
 def nonfinite_parameter(module: torch.nn.Module) -> str | None:

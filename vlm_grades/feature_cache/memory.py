@@ -5,7 +5,7 @@ Adapters consult it through one call, `FeatureCache.lookup(keys, encode_missing)
 images, in order, with only the images not held yet going through the tower. A key is the image's identity
 plus every preprocessing setting that changes its pixels (`image_key`). Memory is bounded (`max_bytes`,
 least-recently-used eviction); entries keep the model's dtype and device. With a disk tier
-(feature_cache_disk.py), what memory evicts, or cannot hold, goes there, and a disk hit moves back to memory.
+(disk.py), what memory evicts, or cannot hold, goes there, and a disk hit moves back to memory.
 Nothing here is checkpointed: a resumed run starts with an empty cache.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:   # torch is imported where the cache is used: `vlm-grades score` loads this module without it
     import torch
 
-    from vlm_grades.feature_cache_disk import DiskTier
+    from vlm_grades.feature_cache.disk import DiskTier
+
+from vlm_grades.feature_cache.sizes import tensor_nbytes
 
 DEFAULT_SIZE = "2GB"
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
@@ -63,10 +65,6 @@ def image_identity(ref: Any) -> str:
 def image_key(ref: Any, settings: str) -> str:
     """The cache key of an image: its identity and the preprocessing settings that change its pixels."""
     return f"{image_identity(ref)}|{settings}"
-
-
-def tensor_nbytes(value: torch.Tensor) -> int:
-    return value.numel() * value.element_size()
 
 
 class FeatureCache:
