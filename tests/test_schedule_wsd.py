@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from vlm_grades.cooldown import Cooldown
+from vlm_grades.training.stopping import Cooldown
 from vlm_grades.grades.plateau import Plateau
-from vlm_grades.schedule_wsd import WSDFactor, build_wsd, cooldown_steps, latest_decay_start, wsd_factor
+from vlm_grades.training.schedule import WSDFactor, build_wsd, cooldown_steps, latest_decay_start, wsd_factor
 
 
 def lrs(factor: WSDFactor, steps: int) -> list[float]:

@@ -355,7 +355,10 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # a fine-tuning schedule, not a pretraining one. The caption task keeps its from-scratch recipe (the base
 # already captions shapes; the caption benchmark measures GradES on a task learned from random weights).
 BASE_TASKS = ("easyvqa",)
-FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "lr_vision": 3e-4, "lr_projector": 3e-4, "lr_language": 3e-4}
+# The warm-up is a number of steps (50, what 0.05 of the old 1000 planned steps was), so it does not scale with
+# --steps, which under wsd is only a cap.
+FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "warmup": 50, "lr_vision": 3e-4, "lr_projector": 3e-4,
+                                     "lr_language": 3e-4}
 # --from-scratch on easy-VQA questions: the pretraining recipe of earlier releases. A from-scratch nanoVLM
 # learns shapes through the language model far faster when half of its samples are the images' derived
 # captions ("a red triangle"): the caption names the shape of every image, while only one easy-VQA question
