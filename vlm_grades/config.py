@@ -357,8 +357,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 BASE_TASKS = ("easyvqa",)
 # The warm-up is a number of steps (50, what 0.05 of the old 1000 planned steps was), so it does not scale with
 # --steps, which under wsd is only a cap.
-FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "warmup": 50, "lr_vision": 3e-4, "lr_projector": 3e-4,
-                                     "lr_language": 3e-4}
+# The schedule is warmup-stable-decay: GradES's "converged" starts the cooldown, so --steps is only a cap.
+FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "warmup": 50, "schedule": "wsd", "lr_vision": 3e-4,
+                                     "lr_projector": 3e-4, "lr_language": 3e-4}
 # --from-scratch on easy-VQA questions: the pretraining recipe of earlier releases. A from-scratch nanoVLM
 # learns shapes through the language model far faster when half of its samples are the images' derived
 # captions ("a red triangle"): the caption names the shape of every image, while only one easy-VQA question

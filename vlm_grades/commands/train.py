@@ -148,6 +148,8 @@ def add_rule_flags(group) -> None:
                             "many checks (default 200)")
     group.add_argument("--converge-tolerance", type=float, default=S,
                        help="converged: the largest fall over the window, in log units (default 0.1, about 10%%)")
+    group.add_argument("--converge-patience", type=int, default=S,
+                       help="converged: on this many consecutive checks (default 10)")
     group.add_argument("--patience", type=int, default=S, help="consecutive checks below tau before freezing")
     group.add_argument("--smoothing", type=float, default=S, help="exponential smoothing factor of the statistic")
     group.add_argument("--stop-fraction", type=float, default=S, help="stop once this fraction is frozen")
@@ -158,6 +160,7 @@ def add_rule_flags(group) -> None:
 GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
                 "auto_window": "auto_window", "snr_window": "snr_window", "alpha": "alpha", "interval": "interval",
                 "converge_window": "converge_window", "converge_tolerance": "converge_tolerance",
+                "converge_patience": "converge_patience",
                 "patience": "patience", "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
 
 

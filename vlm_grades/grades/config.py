@@ -48,7 +48,8 @@ class GradESConfig:
     stop_fraction: float = 1.0              # stop when this fraction of monitored matrices is frozen
     finalize_modalities: bool = True        # a fully frozen modality also freezes its norms and embeddings
     converge_window: int = 200              # "converged": a modality's pooled statistic fell by less than
-    converge_tolerance: float = 0.1         # converge_tolerance (log units, ~10%) over its last window checks
+    converge_tolerance: float = 0.1         # converge_tolerance (log units, ~10%) over its last window checks,
+    converge_patience: int = 10             # on this many consecutive checks
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -96,6 +97,8 @@ class GradESConfig:
         need(isinstance(self.snr_window, int) and self.snr_window >= 2, "snr_window: must be an integer >= 2")
         need(isinstance(self.converge_window, int) and self.converge_window >= 2,
              "converge_window: must be an integer >= 2")
+        need(isinstance(self.converge_patience, int) and self.converge_patience >= 1,
+             "converge_patience: must be an integer >= 1")
         need(_finite(self.converge_tolerance) and self.converge_tolerance > 0,
              f"converge_tolerance: must be > 0, got {self.converge_tolerance}")
         need(_finite(self.alpha) and self.alpha >= 0, f"alpha: must be a fraction in [0, 1) or a step >= 1, "

@@ -92,7 +92,7 @@ class GradES:
         self.stop_reason: str | None = None
         self.stop_step: int | None = None
         # "converged": per modality, the step its pooled statistic stopped falling (or it was finalized)
-        self.plateaus = {m: Plateau(cfg.converge_window, cfg.converge_tolerance)
+        self.plateaus = {m: Plateau(cfg.converge_window, cfg.converge_tolerance, cfg.converge_patience)
                          for m in MODALITIES if any(c.modality == m for c in self.components)}
         self.converged: dict[str, int] = {}
 
