@@ -86,14 +86,13 @@ class WSDFactor:
         return self.decay_start + cooldown_steps(self.decay_start, self.cooldown)
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
+        warm = (step + 1) / self.warmup if step < self.warmup else 1.0
         if self.decay_start is None or step <= self.decay_start:
-            return 1.0
+            return warm
         # optimizer steps decay_start+1 .. end: from 1.0 down to min_ratio at the last one
         span = cooldown_steps(self.decay_start, self.cooldown) - 1
         progress = min(1.0, (step - self.decay_start) / span) if span else 1.0
-        return 1.0 - (1.0 - self.min_ratio) * progress
+        return min(warm, 1.0 - (1.0 - self.min_ratio) * progress)     # a cap inside the warm-up: both apply
 
 
 def build_wsd(optimizer, cap: int, warmup: float, min_ratio: float, cooldown: float, decay_at: int | None = None):
