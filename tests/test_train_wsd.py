@@ -18,7 +18,7 @@ from test_train_resume import ENV, assert_same_run, cli, kill_during_checkpoint
 WSD = ["--max-samples", "64", "--batch-size", "8", "--steps", "100", "--checkpoint-every", "4",
        "--keep-checkpoints", "10", "--eval-split=", "--no-progress", "--seed", "2", "--schedule", "wsd",
        "--warmup", "5", "--cooldown", "1.0", "--alpha", "9", "--converge-window", "4",
-       "--converge-tolerance", "100"]
+       "--converge-tolerance", "100", "--converge-patience", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,15 @@ def test_killed_during_the_cooldown_resumes_bit_for_bit(reference, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout and ("step-12" in again.stdout or "step-16" in again.stdout)
     assert_same_run(reference, resumed)
+
+
+def test_the_cap_changes_nothing_before_the_stop(reference, tmp_path):
+    """--steps is a cap: the same run capped at 40 instead of 100 steps converges, cools down and stops at the
+    same steps with the same weights, bit for bit (its only cap-dependent decision, the latest decay start, is
+    at step 33 here, after the convergence at 9)."""
+    capped = tmp_path / "capped"
+    i = WSD.index("--steps")
+    args = [*WSD[:i + 1], "40", *WSD[i + 2:]]
+    done = subprocess.run(cli(*args, "--out", str(capped)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(reference, capped)
