@@ -57,7 +57,7 @@ def run_caps(args, layer: dict[str, Any], folder: Path, seeds: list[int], run_on
 
         def grades_at(cap: int) -> None:
             steps = one("grades", {"stopping": "grades", "steps": cap}, seed, f"grades-cap{cap}-seed{seed}")["steps"]
-            if steps not in budgets:
+            if steps not in budgets and not args.skip_budget:
                 budgets.add(steps)
                 one("budget", {"stopping": "none", "schedule": "cosine", "steps": steps}, seed,
                     f"budget-{steps}-seed{seed}")
