@@ -137,7 +137,7 @@ def report_caps(paths: list[Path], out_md: Path) -> int:
     for p in paths:
         d = json.loads(p.read_text())
         runs += d["runs"]
-        machine, commits = d["machine"], commits | {d["commit"]}
+        machine, commits = machine or d["machine"], commits | ({d["commit"]} if d.get("commit") else set())
     text, _ = caps_table(runs)
     head = f"Machine: {common.machine_line(machine)}; commit {' + '.join(sorted(commits))}."
     out_md.write_text(head + "\n\n" + text + "\n")
