@@ -58,6 +58,9 @@ def run_caps(args, layer: dict[str, Any], folder: Path, seeds: list[int], run_on
     # equal-budget baseline, the plain run, then the other caps and their baselines if their steps differ
     for seed in seeds:
         budgets: set[int] = set()
+        if args.only_plain:
+            one("plain", {"stopping": "none", "schedule": "cosine"}, seed, f"plain-{default_steps}-seed{seed}")
+            continue
 
         def grades_at(cap: int) -> None:
             steps = one("grades", {"stopping": "grades", "steps": cap}, seed, f"grades-cap{cap}-seed{seed}")["steps"]

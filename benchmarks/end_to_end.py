@@ -347,6 +347,8 @@ def main(argv=None) -> int:
                     help="--caps: leave out the plain run of the default length (run by another process)")
     ap.add_argument("--skip-budget", action="store_true",
                     help="--caps: leave out the equal-budget runs (e.g. a cap whose GradES run hashes like another)")
+    ap.add_argument("--only-plain", action="store_true",
+                    help="--caps: only the plain run of the default length (to add it in another process)")
     ap.add_argument("--report-caps", metavar="JSON", nargs="+", default=None,
                     help="only print the --caps tables from results JSON files (pooled)")
     ap.add_argument("--out", default=None, help="folder for the run folders (default runs/bench-e2e-<time>)")
