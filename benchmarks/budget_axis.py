@@ -29,9 +29,16 @@ from common import fmt, mean, median
 
 
 def weights_hash(run: str | Path) -> str:
+    """sha256 of the final tensors (names and bytes, sorted by name): safetensors files of equal tensors can
+    differ in their header's key order."""
+    from safetensors.torch import load_file
+
     h = hashlib.sha256()
     for f in sorted((Path(run) / "final").glob("*.safetensors")):
-        h.update(f.read_bytes())
+        tensors = load_file(str(f))
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
