@@ -51,7 +51,7 @@ class TrainConfig:
     strict: bool = False
     num_workers: int = 0
     # optimisation
-    steps: int = 2000                      # planned optimizer steps (GradES may stop earlier)
+    steps: int = 2000                      # planned optimizer steps (GradES may stop earlier); a cap under wsd
     batch_size: int = 64
     grad_accum: int = 1
     lr: float | None = None                # sets all three modality learning rates at once

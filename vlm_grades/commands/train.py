@@ -70,8 +70,8 @@ def register(sub) -> None:
     d.add_argument("--strict", action="store_true", default=S, help="fail on the first bad record")
     d.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes (default 0)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=S, help="planned optimizer steps (default 2000; "
-                   "nanovlm fine-tuning on easy-VQA: 1000, 1.7 epochs)")
+    o.add_argument("--steps", type=int, default=S, help="planned optimizer steps (default 2000); under --schedule "
+                   "wsd only a cap: GradES decides the length (nanovlm fine-tuning on easy-VQA: wsd, cap 1000)")
     o.add_argument("--batch-size", type=int, default=S, help="per-process batch size (default 64)")
     o.add_argument("--grad-accum", type=int, default=S, help="gradient accumulation steps (default 1)")
     o.add_argument("--lr", type=float, default=S, help="one learning rate for all modalities (default 1e-3; "
