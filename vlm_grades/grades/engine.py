@@ -12,6 +12,9 @@ A check happens at steps divisible by `interval`. grad_change compares the gradi
 before (kept from step - 1), as in the paper; weight_change compares the weights with those of the last check,
 as the official code does. Freezing is permanent and by module reference: requires_grad False, grad None,
 optimizer state released; the learning-rate schedule is not touched. A NaN/Inf statistic never freezes.
+Beside the freezes the engine says when each modality, and the whole model, has converged (`converged`,
+`converged_step`: its pooled statistic stopped falling, grades/plateau.py); it never stops on that itself,
+the stopping policy turns it into the start of a cooldown (training/stopping.py, Cooldown).
 """
 from __future__ import annotations
 
