@@ -83,3 +83,10 @@ def test_the_cap_changes_nothing_before_the_stop(reference, tmp_path):
     done = subprocess.run(cli(*args, "--out", str(capped)), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(reference, capped)
+
+
+def test_replay_says_where_the_cooldown_would_end(reference):
+    from vlm_grades.report.replay import replay
+
+    result = replay(reference)
+    assert result["converged_step"] == 9 and result["cooldown_end"] == 18

@@ -85,11 +85,21 @@ def replay(run: str | Path, overrides: dict[str, Any] | None = None, steps: int 
         "overrides": overrides, "checks": len(data.checks), "last_check": int(data.checks[-1]["step"]),
         "planned_steps": steps, "grace": engine.grace, "frozen": dict(engine.frozen),
         "finalized": dict(engine.finalized), "converged": dict(engine.converged),
-        "converged_step": engine.converged_step, "stop_step": engine.stop_step, "stop_reason": engine.stop_reason,
+        "converged_step": engine.converged_step, "cooldown_end": _cooldown_end(data.config, engine.converged_step),
+        "stop_step": engine.stop_step, "stop_reason": engine.stop_reason,
         "unfollowed": unfollowed, "monitored": by_modality,
         "run_frozen": dict(data.freeze_steps),
         "run_stop": (data.last_event("stop") or {}).get("step"),
     }
+
+
+def _cooldown_end(config: dict[str, Any], converged: int | None) -> int | None:
+    """Under --schedule wsd (without --decay-at): where the cooldown that convergence starts would end."""
+    from vlm_grades.training.schedule import cooldown_steps
+
+    if config.get("schedule") != "wsd" or config.get("decay_at") is not None or converged is None:
+        return None
+    return converged + cooldown_steps(converged, float(config.get("cooldown", 0.2)))
 
 
 def replay_table(result: dict[str, Any]) -> str:
@@ -115,6 +125,9 @@ def replay_table(result: dict[str, Any]) -> str:
         model = (f"model at step {result['converged_step']}" if result.get("converged_step") is not None
                  else "not the whole model")
         lines.append("converged: " + ", ".join(f"{m} at step {s}" for m, s in conv.items()) + f"; {model}")
+        if result.get("cooldown_end") is not None:
+            lines.append(f"--schedule wsd: the cooldown would start after step {result['converged_step']} and the "
+                         f"run end at step {result['cooldown_end']} (if nothing stopped it earlier)")
     else:
         lines.append("converged: nothing within the logged checks")
     lines.append(f"stop: {stop}; {run_stop}")
