@@ -96,11 +96,15 @@ def caps_table(runs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         a, b = plain.get(key(r)), budget.get((key(r), r["steps"]))
         d_a = r["score"] - a["score"] if a else None
         d_b = r["score"] - b["score"] if b else None
+        def ratio(x, y, scale=1.0):
+            return scale * x / y if x and y else None
+
         if a and not a.get("recorded"):
-            wall, cpu, how = a["loop_wall"] / r["loop_wall"], a["loop_cpu"] / r["loop_cpu"], "(a)"
+            wall, cpu, how = ratio(a["loop_wall"], r["loop_wall"]), ratio(a["loop_cpu"], r["loop_cpu"]), "(a)"
         elif a and b:   # (a) recorded in another session: its time scaled from (b), a cosine run of this session
             scale = a["planned_steps"] / b["steps"]
-            wall, cpu, how = scale * b["loop_wall"] / r["loop_wall"], scale * b["loop_cpu"] / r["loop_cpu"], "(b)"
+            wall, cpu, how = (ratio(b["loop_wall"], r["loop_wall"], scale), ratio(b["loop_cpu"], r["loop_cpu"], scale),
+                              "(b)")
         else:
             wall = cpu = how = None
         rows.append([r.get("threads", 1), r["seed"], r["cap"], r["steps"], r["stop_reason"][:60], fmt(r["score"]),
