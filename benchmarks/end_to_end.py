@@ -339,6 +339,18 @@ def main(argv=None) -> int:
                     help="official mode: take the thresholds calibrated by an earlier results file of the same "
                          "preset, task, steps and batch instead of a new calibration run (to add seeds)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--caps", type=int, nargs="+", default=None,
+                    help="the budget axis (budget_axis.py): per seed the plain cosine run of the default length, "
+                         "GradES capped at each of these --steps, and a plain cosine run planned to the steps each "
+                         "GradES run took; first preset and task only")
+    ap.add_argument("--skip-plain", action="store_true",
+                    help="--caps: leave out the plain run of the default length (run by another process)")
+    ap.add_argument("--skip-budget", action="store_true",
+                    help="--caps: leave out the equal-budget runs (e.g. a cap whose GradES run hashes like another)")
+    ap.add_argument("--only-plain", action="store_true",
+                    help="--caps: only the plain run of the default length (to add it in another process)")
+    ap.add_argument("--report-caps", metavar="JSON", nargs="+", default=None,
+                    help="only print the --caps tables from results JSON files (pooled)")
     ap.add_argument("--out", default=None, help="folder for the run folders (default runs/bench-e2e-<time>)")
     ap.add_argument("--tag", default="", help="suffix of the results file names")
     ap.add_argument("--results", default=str(common.RESULTS), help="folder for end_to_end[-tag].json/.md")
@@ -349,6 +361,10 @@ def main(argv=None) -> int:
     name = "end_to_end" + (f"-{args.tag}" if args.tag else "")
     if args.report:
         return report([Path(p) for p in args.report], Path(args.results), name)
+    if args.report_caps:
+        import budget_axis
+
+        return budget_axis.report_caps([Path(p) for p in args.report_caps], Path(args.results) / f"{name}.md")
 
     import torch
 
@@ -360,6 +376,16 @@ def main(argv=None) -> int:
                               "argv": sys.argv[1:] if argv is None else argv, "groups": []}
     print(f"# end to end: {common.machine_line(result['machine'])}, commit {result['commit']}", flush=True)
     md = [f"Machine: {common.machine_line(result['machine'])}; commit {result['commit']}."]
+
+    if args.caps:
+        import budget_axis
+
+        preset, task = args.presets[0], args.tasks[0]
+        seeds = list(range(args.first_seed, args.first_seed + (args.seeds or DEFAULT_SEEDS[preset])))
+        layer = {k: v for k, v in base_layer(preset, task, args, {}).items()
+                 if k not in ("checkpoint_every", "steps")}
+        return budget_axis.main_caps(args, layer, out / f"{preset}-{task}-caps", seeds, run_one,
+                                     torch.get_num_threads(), name)
 
     for preset in args.presets:
         extra: dict[str, Any] = {}

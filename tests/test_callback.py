@@ -112,7 +112,7 @@ def test_callback_stops_training_and_frees_optimizer_state(tmp_path):
     assert cb.frozen_fraction() == {"vision": 1.0, "projector": 1.0, "language": 1.0}
     assert not any(p.requires_grad for p in model.model.visual.parameters())        # finalized
     ev = [json.loads(x) for x in open(tmp_path / "stop" / "events.jsonl")]
-    assert {r["type"] for r in ev} == {"freeze", "finalize", "stop"}
+    assert {r["type"] for r in ev} == {"freeze", "finalize", "converged", "stop"}   # finalized = converged
 
 
 def test_lora_run_freezes_adapter_factors(tmp_path):

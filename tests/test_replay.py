@@ -16,8 +16,13 @@ from vlm_grades.report.run_data import RunData
 
 
 @pytest.fixture(scope="module")
-def run(trained_run) -> Path:
-    out = trained_run[0]       # the shared short run: a loose unsmoothed rule, so that matrices freeze in 40 steps
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("replay") / "run"
+    # a short run with a loose unsmoothed rule, so that matrices freeze within 40 steps (the grace period is
+    # given: the default, 300 steps, is longer than the run)
+    assert main(["train", "--no-progress", "--steps", "40", "--max-samples", "256", "--batch-size", "8",
+                 "--eval-split=", "--checkpoint-every", "100", "--smoothing", "0", "--auto-window", "5",
+                 "--rho", "0.6", "--alpha", "12", "--converge-window", "8", "--out", str(out)]) == 0
     assert RunData.load(out).freeze_steps, "precondition: the run froze some matrices"
     saved = yaml.safe_load((out / "config.yaml").read_text())["grades"]
     assert saved["rho"] == 0.6 and saved["patience"] == 2 and saved["metric"] == "grad_change", saved
@@ -51,6 +56,22 @@ def test_a_threshold_above_every_statistic_freezes_all_when_patience_is_used_up(
     assert result["frozen"] == {n: 6 for n in monitored}            # checks at steps 5 and 6 below tau
     assert result["stop_step"] == 6 and result["stop_reason"] == "all components frozen"
     assert result["finalized"] == {"vision": 6, "projector": 6, "language": 6}
+
+
+def test_the_rule_does_not_depend_on_the_cap(run):
+    """--steps is a cap: replayed as runs capped at 22 and at 40 steps, the rule takes the same decisions up to
+    step 22 (freezes and "converged"). A grace period given as a fraction of --steps does not."""
+    short, long = replay(run, steps=22), replay(run, steps=40)
+    assert short["grace"] == long["grace"] == 12
+
+    def until(decisions, step=22):
+        return {k: s for k, s in decisions.items() if s <= step}
+
+    assert long["frozen"] and until(long["frozen"]) and until(long["frozen"]) == short["frozen"]
+    assert until(long["converged"]) == short["converged"]
+    fraction = [replay(run, {"alpha": 0.3}, steps=cap) for cap in (22, 40)]
+    assert fraction[0]["grace"] != fraction[1]["grace"]
+    assert until(fraction[1]["frozen"]) != fraction[0]["frozen"]
 
 
 def test_cli_prints_the_modalities_beside_the_run(run, capsys):

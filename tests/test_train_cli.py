@@ -263,7 +263,8 @@ def test_short_default_run_lowers_the_loss_and_writes_the_run_folder(tmp_path, c
     out = tmp_path / "run"
     # a 30-step run is too short for the default 100-check smoothing to settle: the paper's unsmoothed rule
     assert train("--steps", "30", "--max-samples", "512", "--eval-max-samples", "64", "--checkpoint-every", "10",
-                 "--smoothing", "0", "--auto-window", "5", "--rho", "0.3", "--out", str(out)) == 0
+                 "--smoothing", "0", "--auto-window", "5", "--rho", "0.3", "--alpha", "9",   # grace: 300 by default
+                 "--out", str(out)) == 0
     printed = capsys.readouterr().out
     assert f"run {out}: 30/30 steps" in printed and "held-out easyvqa test: score" in printed
 

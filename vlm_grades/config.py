@@ -51,7 +51,7 @@ class TrainConfig:
     strict: bool = False
     num_workers: int = 0
     # optimisation
-    steps: int = 2000                      # planned optimizer steps (GradES may stop earlier)
+    steps: int = 2000                      # planned optimizer steps (GradES may stop earlier); a cap under wsd
     batch_size: int = 64
     grad_accum: int = 1
     lr: float | None = None                # sets all three modality learning rates at once
@@ -60,8 +60,10 @@ class TrainConfig:
     lr_language: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.05                   # fraction of planned steps (or an absolute count if >= 1)
-    schedule: str = "cosine"               # cosine | linear | constant
+    schedule: str = "cosine"               # cosine | linear | constant | wsd (warmup-stable-decay)
     min_lr_ratio: float = 0.1
+    decay_at: int | None = None            # wsd: start the cooldown at this step instead of on convergence
+    cooldown: float = 0.2                  # wsd: the cooldown lasts this fraction of the steps done before it
     clip: float = 1.0
     mixed_precision: str = "no"            # no | bf16 | fp16
     distributed: str = "ddp"               # several processes: ddp (replicated) | fsdp (FSDP2, sharded)
@@ -149,8 +151,7 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "bf16"):
             raise UserError(f"--mixed-precision: expected no or bf16, got {self.mixed_precision!r}")
         self._check_distributed()
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise UserError(f"--schedule: expected cosine, linear or constant, got {self.schedule!r}")
+        self._check_schedule()
         if not 0.0 <= self.mix_fraction < 1.0:
             raise UserError(f"--mix-fraction: must be in [0, 1), got {self.mix_fraction}")
         if self.mix_fraction > 0:
@@ -211,6 +212,22 @@ class TrainConfig:
         if self.mix_fraction == 0:
             for name in ("mix_task", "mix_data"):
                 refuse(name, "applies to a mixed run: give --mix-fraction above 0 (0 = no mixing)")
+
+    def _check_schedule(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule: expected {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (math.isfinite(self.cooldown) and 0 < self.cooldown <= 1):
+            raise UserError(f"--cooldown: must be a fraction in (0, 1], got {self.cooldown}")
+        if self.schedule != "wsd":
+            if self.decay_at is not None:
+                raise UserError(f"--decay-at: only with --schedule wsd (the schedule is {self.schedule})")
+            return
+        if 0 < self.warmup < 1:
+            raise UserError(f"--warmup: {self.warmup} is a fraction of --steps, but under --schedule wsd --steps is "
+                            f"only a cap; give the warm-up as a number of steps (e.g. --warmup 50)")
+        if self.decay_at is not None and not self.warmup <= self.decay_at < self.steps:
+            raise UserError(f"--decay-at: {self.decay_at} must lie between the warm-up ({self.warmup:g} steps) "
+                            f"and --steps {self.steps}")
 
     def _check_numbers(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -310,6 +327,7 @@ class TrainConfig:
 
 
 NANOVLM_PRESETS = ("tiny", "smol", "222m")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 _AT_LEAST_ONE = ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batch_size",
                  "max_new_tokens", "classic_every", "classic_patience")
 _AT_LEAST_ONE_OR_ALL = ("max_samples", "val_max_samples", "eval_max_samples")
@@ -399,7 +417,11 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # a fine-tuning schedule, not a pretraining one. The caption task keeps its from-scratch recipe (the base
 # already captions shapes; the caption benchmark measures GradES on a task learned from random weights).
 BASE_TASKS = ("easyvqa",)
-FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "lr_vision": 3e-4, "lr_projector": 3e-4, "lr_language": 3e-4}
+# The warm-up is a number of steps (50, what 0.05 of the old 1000 planned steps was), so it does not scale with
+# --steps, which under wsd is only a cap.
+# The schedule is warmup-stable-decay: GradES's "converged" starts the cooldown, so --steps is only a cap.
+FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 1000, "warmup": 50, "schedule": "wsd", "lr_vision": 3e-4,
+                                     "lr_projector": 3e-4, "lr_language": 3e-4}
 # --from-scratch on easy-VQA questions: the pretraining recipe of earlier releases. A from-scratch nanoVLM
 # learns shapes through the language model far faster when half of its samples are the images' derived
 # captions ("a red triangle"): the caption names the shape of every image, while only one easy-VQA question

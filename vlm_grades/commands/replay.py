@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "froze nothing (e.g. trained with --tau 1e-30).")
     p.add_argument("run", metavar="RUN", help="run folder written by `vlm-grades train` with GradES on")
     add_rule_flags(p.add_argument_group("rule (defaults: the run's own settings)"))
+    p.add_argument("--steps", type=int, default=None,
+                   help="replay as a run capped at this many steps (default: the run's --steps); a rule that does "
+                        "not depend on the cap decides the same up to the smaller of two caps")
     p.add_argument("--json", action="store_true", help="print the result as JSON (freeze step of every matrix)")
     p.set_defaults(func=run)
 
@@ -27,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from vlm_grades.report.replay import replay, replay_table
 
     settings = flags_to_settings(argparse.Namespace(**{k: v for k, v in vars(args).items()
-                                                       if k not in ("run", "json")}))
+                                                       if k not in ("run", "json", "steps")}))
     try:
-        result = replay(args.run, settings.get("grades", {}))
+        result = replay(args.run, settings.get("grades", {}), steps=args.steps)
     except UserError as e:
         raise blame(e, settings) from None
     print(json.dumps(result, indent=2) if args.json else replay_table(result))

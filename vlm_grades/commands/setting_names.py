@@ -10,6 +10,8 @@ from vlm_grades.errors import UserError
 # `vlm-grades train` flag -> GradESConfig key (the other flags are the TrainConfig key with dashes)
 GRADES_FLAGS = {"grades_preset": "preset", "metric": "metric", "normalization": "normalization", "rho": "rho",
                 "auto_window": "auto_window", "snr_window": "snr_window", "alpha": "alpha", "interval": "interval",
+                "converge_window": "converge_window", "converge_tolerance": "converge_tolerance",
+                "converge_patience": "converge_patience",
                 "patience": "patience", "smoothing": "smoothing", "stop_fraction": "stop_fraction"}
 _FLAG_OF_GRADES_KEY = {**{v: k for k, v in GRADES_FLAGS.items()}, "finalize_modalities": "no_finalize"}
 _NAME = re.compile(r"(grades\.[a-z_]+(?:\.[a-z]+)?|--[a-z][a-z0-9-]*)(?=[: ])")

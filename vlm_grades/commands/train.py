@@ -80,8 +80,8 @@ def register(sub) -> None:
     d.add_argument("--strict", action="store_true", default=S, help="fail on the first bad record")
     d.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes (default 0)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=S, help="planned optimizer steps (default 2000; "
-                   "nanovlm fine-tuning on easy-VQA: 1000, 1.7 epochs)")
+    o.add_argument("--steps", type=int, default=S, help="planned optimizer steps (default 2000); under --schedule "
+                   "wsd only a cap: GradES decides the length (nanovlm fine-tuning on easy-VQA: wsd, cap 1000)")
     o.add_argument("--batch-size", type=int, default=S, help="per-process batch size (default 64)")
     o.add_argument("--grad-accum", type=int, default=S, help="gradient accumulation steps (default 1)")
     o.add_argument("--lr", type=float, default=S, help="one learning rate for all modalities (default 1e-3; "
@@ -92,7 +92,14 @@ def register(sub) -> None:
     o.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (default 0.01)")
     o.add_argument("--warmup", type=float, default=S,
                    help="warmup: fraction of steps (< 1), or a whole number of steps")
-    o.add_argument("--schedule", default=S, help="cosine, linear or constant (default cosine)")
+    o.add_argument("--schedule", default=S,
+                   help="cosine, linear, constant or wsd: warmup-stable-decay, whose cooldown starts when GradES "
+                        "judges the model converged (or at --decay-at), so --steps is only a cap (default cosine; "
+                        "nanovlm fine-tuning on easy-VQA: wsd)")
+    o.add_argument("--decay-at", type=int, default=S,
+                   help="wsd: start the cooldown at this step instead of on convergence (for comparisons)")
+    o.add_argument("--cooldown", type=float, default=S,
+                   help="wsd: the cooldown lasts this fraction of the steps done before it (default 0.2)")
     o.add_argument("--clip", type=float, default=S, help="gradient norm clipping, 0 to disable (default 1.0)")
     o.add_argument("--mixed-precision", default=S, help="no or bf16 (default no)")
     o.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
@@ -149,7 +156,15 @@ def add_rule_flags(group) -> None:
     group.add_argument("--rho", type=float, default=S, help="auto thresholds: fraction of the grace-period level")
     group.add_argument("--auto-window", type=int, default=S,
                        help="auto thresholds: the level is the mean of the last N grace-period checks (default 100)")
-    group.add_argument("--alpha", type=float, default=S, help="grace period: fraction of steps, or steps if >= 1")
+    group.add_argument("--alpha", type=float, default=S,
+                       help="grace period: a step (>= 1; default 300), or a fraction (< 1) of --steps")
+    group.add_argument("--converge-window", type=int, default=S,
+                       help="converged: a modality's statistic fell by less than --converge-tolerance over this "
+                            "many checks (default 200)")
+    group.add_argument("--converge-tolerance", type=float, default=S,
+                       help="converged: the largest fall over the window, in log units (default 0.1, about 10%%)")
+    group.add_argument("--converge-patience", type=int, default=S,
+                       help="converged: on this many consecutive checks (default 10)")
     group.add_argument("--patience", type=int, default=S, help="consecutive checks below tau before freezing")
     group.add_argument("--smoothing", type=float, default=S, help="exponential smoothing factor of the statistic")
     group.add_argument("--stop-fraction", type=float, default=S, help="stop once this fraction is frozen")

@@ -35,7 +35,8 @@ class GradESConfig:
     tau: Any = "auto"                       # "auto", one float for all, or {modality: float | "auto" | None}
     rho: float = 0.4                        # auto: converged at rho x the component's end-of-grace level
     auto_window: int = 100                  # auto: the level is the mean of the last N checks of the grace period
-    alpha: float = 0.3                      # grace period: fraction of total steps (< 1) or an absolute step (>= 1)
+    alpha: float = 300                      # grace period: an absolute step (>= 1), or a fraction of the planned
+                                            # steps (< 1; the official preset's form: it scales with --steps)
     interval: int = 1                       # check every N optimizer steps
     smoothing: float = 0.99                 # exponential smoothing factor beta of the statistic (0 = off)
     patience: int = 2                       # consecutive checks below tau before a matrix freezes
@@ -46,6 +47,9 @@ class GradESConfig:
     sketch_seed: int = 0
     stop_fraction: float = 1.0              # stop when this fraction of monitored matrices is frozen
     finalize_modalities: bool = True        # a fully frozen modality also freezes its norms and embeddings
+    converge_window: int = 200              # "converged": a modality's pooled statistic fell by less than
+    converge_tolerance: float = 0.1         # converge_tolerance (log units, ~10%) over its last window checks,
+    converge_patience: int = 10             # on this many consecutive checks
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -91,6 +95,12 @@ class GradESConfig:
         need(_finite(self.rho) and 0 < self.rho < 1, f"rho: must be in (0, 1), got {self.rho}")
         need(isinstance(self.auto_window, int) and self.auto_window >= 1, "auto_window: must be an integer >= 1")
         need(isinstance(self.snr_window, int) and self.snr_window >= 2, "snr_window: must be an integer >= 2")
+        need(isinstance(self.converge_window, int) and self.converge_window >= 2,
+             "converge_window: must be an integer >= 2")
+        need(isinstance(self.converge_patience, int) and self.converge_patience >= 1,
+             "converge_patience: must be an integer >= 1")
+        need(_finite(self.converge_tolerance) and self.converge_tolerance > 0,
+             f"converge_tolerance: must be > 0, got {self.converge_tolerance}")
         need(_finite(self.alpha) and self.alpha >= 0, f"alpha: must be a fraction in [0, 1) or a step >= 1, "
                                                       f"got {self.alpha}")
         need(self.alpha < 1 or float(self.alpha).is_integer(),

@@ -12,6 +12,9 @@ A check happens at steps divisible by `interval`. grad_change compares the gradi
 before (kept from step - 1), as in the paper; weight_change compares the weights with those of the last check,
 as the official code does. Freezing is permanent and by module reference: requires_grad False, grad None,
 optimizer state released; the learning-rate schedule is not touched. A NaN/Inf statistic never freezes.
+Beside the freezes the engine says when each modality, and the whole model, has converged (`converged`,
+`converged_step`: its pooled statistic stopped falling, grades/plateau.py); it never stops on that itself,
+the stopping policy turns it into the start of a cooldown (training/stopping.py, Cooldown).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from torch import nn
 from vlm_grades.components import MODALITIES, Component, Registry
 from vlm_grades.errors import UserError
 from vlm_grades.grades.config import GradESConfig
+from vlm_grades.grades.plateau import Plateau
 from vlm_grades.grades.statistics import Entry, StatBank, sketch_index, sketch_size
 
 Writer = Callable[[str, dict], None]
@@ -90,6 +94,10 @@ class GradES:
         self._pending: tuple[int, list[float]] | None = None
         self.stop_reason: str | None = None
         self.stop_step: int | None = None
+        # "converged": per modality, the step its pooled statistic stopped falling (or it was finalized)
+        self.plateaus = {m: Plateau(cfg.converge_window, cfg.converge_tolerance, cfg.converge_patience)
+                         for m in MODALITIES if any(c.modality == m for c in self.components)}
+        self.converged: dict[str, int] = {}
 
         entries = []
         for i, c in enumerate(self.components):
@@ -114,6 +122,14 @@ class GradES:
     @property
     def should_stop(self) -> bool:
         return self.stop_reason is not None
+
+    @property
+    def converged_step(self) -> int | None:
+        """The step at which every watched modality had converged (None: not yet). The stopping policy
+        turns it into the start of the cooldown; the engine itself never stops on it."""
+        if not self.plateaus or any(m not in self.converged for m in self.plateaus):
+            return None
+        return max(self.converged[m] for m in self.plateaus)
 
     def frozen_fraction(self) -> dict[str, float]:
         out = {}
@@ -238,6 +254,7 @@ class GradES:
             if self.below[c.name] >= cfg.patience:
                 freeze.append(c)
         self.last_values = checked
+        self._watch_convergence(step, checked)
 
         flags = self.agree([c in freeze for c in self.active()], self._device)
         freeze = [c for c, f in zip(self.active(), flags) if f]
@@ -252,6 +269,27 @@ class GradES:
         if beta:
             record["smoothed"] = {n: self.smoothed.get(n) for n in checked}
         self._emit("convergence", record)
+
+    def _watch_convergence(self, step: int, checked: dict[str, float]) -> None:
+        """Per modality, the geometric mean of its active matrices' raw statistics goes to its plateau test;
+        a modality counts as converged at the first check after the grace period at which the test holds."""
+        logs: dict[str, list[float]] = {}
+        for name, v in checked.items():
+            if math.isfinite(v) and v > 0:
+                logs.setdefault(self.components[self._index[name]].modality, []).append(math.log(v))
+        for m, xs in logs.items():
+            fired = self.plateaus[m].add(math.exp(sum(xs) / len(xs)))
+            if fired and step >= self.grace and m not in self.converged:
+                self._converge(m, step, f"statistic fell {self.plateaus[m].fall:.3f} (log) over "
+                                        f"{self.config.converge_window} checks")
+
+    def _converge(self, modality: str, step: int, why: str) -> None:
+        was = self.converged_step
+        self.converged[modality] = step
+        self._emit("events", {"type": "converged", "step": step, "modality": modality, "why": why})
+        if was is None and self.converged_step is not None:
+            self._emit("events", {"type": "converged", "step": step, "modality": "model",
+                                  "why": "every watched modality has converged"})
 
     def _tau_in_force(self, c: Component) -> float | None:
         t = self.config.tau[c.modality]
@@ -300,6 +338,8 @@ class GradES:
                 self.finalized[m] = step
                 self._emit("events", {"type": "finalize", "step": step, "modality": m,
                                       "parameters": sum(p.numel() for p in rest)})
+                if m not in self.converged and m in self.plateaus:
+                    self._converge(m, step, "every matrix frozen")
 
     def _emit(self, kind: str, record: dict) -> None:
         if self.writer is not None:
@@ -314,7 +354,8 @@ class GradES:
             "below": dict(self.below), "calibration": {k: list(v) for k, v in self.calibration.items()},
             "auto_tau": dict(self.auto_tau), "nonfinite": dict(self.nonfinite), "snap_step": self._snap_step,
             "checked": self._checked, "stop_reason": self.stop_reason, "stop_step": self.stop_step,
-            "bank": self.bank.state_dict(),
+            "bank": self.bank.state_dict(), "converged": dict(self.converged),
+            "plateaus": {m: p.state_dict() for m, p in self.plateaus.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -340,6 +381,9 @@ class GradES:
         self._snap_step, self._checked = state["snap_step"], state["checked"]
         self.stop_reason, self.stop_step = state["stop_reason"], state["stop_step"]
         self._pending = None
+        self.converged = dict(state.get("converged", {}))        # absent in checkpoints before issue 23
+        for m, p in state.get("plateaus", {}).items():
+            self.plateaus[m].load_state_dict(p)
         for name in self.frozen:
             self._release(p for _, p in self.components[self._index[name]].params)
         if self.finalized:

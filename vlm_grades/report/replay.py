@@ -44,9 +44,10 @@ def _stand_in(data: RunData, watched: set[str]) -> tuple[nn.Module, Registry]:
     return model, Registry(data.architecture, "replay", comps, param_modality, param_numel, [])
 
 
-def replay(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def replay(run: str | Path, overrides: dict[str, Any] | None = None, steps: int | None = None) -> dict[str, Any]:
     """Replays `run`'s logged statistics under its GradES settings updated with `overrides` (GradESConfig
-    keys). Returns the rule used, freeze steps, stop step and the components it could not follow."""
+    keys), as a run capped at `steps` (default: the run's --steps) would have seen them. Returns the rule used,
+    freeze steps, convergence steps, stop step and the components it could not follow."""
     from vlm_grades.grades import GradES, GradESConfig
     from vlm_grades.grades.config import layer_tau
 
@@ -66,12 +67,14 @@ def replay(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str
         settings["tau"] = layer_tau(settings.get("preset") or "default",
                                     *[t for t in (saved.get("tau"), overrides["tau"]) if t is not None])
     config = GradESConfig.from_dict({**settings, "sketch": "off"})   # decisions do not depend on storage
-    steps = int(data.config.get("steps") or 0) or None
+    steps = steps or int(data.config.get("steps") or 0) or None
 
     watched = {n for chk in data.checks for n in (chk.get("values") or {})} | set(data.freeze_steps)
     model, registry = _stand_in(data, watched)
     engine = GradES(model, registry, config, total_steps=steps)
     for chk in data.checks:
+        if steps is not None and int(chk["step"]) > steps:
+            break
         engine.check(int(chk["step"]), {name: num(v) for name, v in (chk.get("values") or {}).items()})
         if engine.should_stop:
             break
@@ -83,11 +86,22 @@ def replay(run: str | Path, overrides: dict[str, Any] | None = None) -> dict[str
         "run": str(data.path), "settings": {k: v for k, v in config.to_dict().items() if k != "sketch"},
         "overrides": overrides, "checks": len(data.checks), "last_check": int(data.checks[-1]["step"]),
         "planned_steps": steps, "grace": engine.grace, "frozen": dict(engine.frozen),
-        "finalized": dict(engine.finalized), "stop_step": engine.stop_step, "stop_reason": engine.stop_reason,
+        "finalized": dict(engine.finalized), "converged": dict(engine.converged),
+        "converged_step": engine.converged_step, "cooldown_end": _cooldown_end(data.config, engine.converged_step),
+        "stop_step": engine.stop_step, "stop_reason": engine.stop_reason,
         "unfollowed": unfollowed, "monitored": by_modality,
         "run_frozen": dict(data.freeze_steps),
         "run_stop": (data.last_event("stop") or {}).get("step"),
     }
+
+
+def _cooldown_end(config: dict[str, Any], converged: int | None) -> int | None:
+    """Under --schedule wsd (without --decay-at): where the cooldown that convergence starts would end."""
+    from vlm_grades.training.schedule import cooldown_steps
+
+    if config.get("schedule") != "wsd" or config.get("decay_at") is not None or converged is None:
+        return None
+    return converged + cooldown_steps(converged, float(config.get("cooldown", 0.2)))
 
 
 def replay_table(result: dict[str, Any]) -> str:
@@ -108,6 +122,16 @@ def replay_table(result: dict[str, Any]) -> str:
             else "does not stop within the logged checks")
     run_stop = (f"the run stopped at step {result['run_stop']}" if result["run_stop"] is not None
                 else f"the run has not stopped (log ends at step {result['last_check']})")
+    conv = result.get("converged") or {}
+    if conv:
+        model = (f"model at step {result['converged_step']}" if result.get("converged_step") is not None
+                 else "not the whole model")
+        lines.append("converged: " + ", ".join(f"{m} at step {s}" for m, s in conv.items()) + f"; {model}")
+        if result.get("cooldown_end") is not None:
+            lines.append(f"--schedule wsd: the cooldown would start after step {result['converged_step']} and the "
+                         f"run end at step {result['cooldown_end']} (if nothing stopped it earlier)")
+    else:
+        lines.append("converged: nothing within the logged checks")
     lines.append(f"stop: {stop}; {run_stop}")
     if result["unfollowed"]:
         lines.append(f"unfollowed: {len(result['unfollowed'])} matrices the run froze before this rule would "

@@ -6,6 +6,8 @@
     finish(step)    once the loop is over (classic: back to the best weights)
 
 `none` runs the planned steps, `grades` is the GradES engine, `classic` is validation-loss early stopping.
+Under `--schedule wsd` the policy is wrapped in `Cooldown`: GradES's "converged" starts the schedule's cooldown
+and the end of the cooldown ends the run.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from vlm_grades.components import MODALITIES
 from vlm_grades.errors import UserError
+from vlm_grades.training.schedule import wsd_factor
 
 
 class NoStopping:
@@ -159,10 +162,50 @@ def initial_classic_state() -> dict[str, Any]:
 
 
 def build_stopping(cfg, state, module, registry, optimizer, adapter, val_samples, autocast, to_device,
-                   emit) -> NoStopping:
-    """The policy of `--stopping`; `emit` writes run-folder events (None on processes other than the main one)."""
+                   emit, scheduler=None):
+    """The policy of `--stopping`; `emit` writes run-folder events (None on processes other than the main one).
+    With a warmup-stable-decay `scheduler` it is wrapped in Cooldown."""
     if cfg.stopping == "grades":
-        return GradESStopping(cfg, module, registry, optimizer, emit)
-    if cfg.stopping == "classic":
-        return ClassicStopping(cfg, state, module, adapter, val_samples, autocast, to_device, emit)
-    return NoStopping()
+        policy = GradESStopping(cfg, module, registry, optimizer, emit)
+    elif cfg.stopping == "classic":
+        policy = ClassicStopping(cfg, state, module, adapter, val_samples, autocast, to_device, emit)
+    else:
+        policy = NoStopping()
+    factor = wsd_factor(scheduler) if scheduler is not None else None
+    return Cooldown(policy, factor, emit) if factor is not None else policy
+
+
+class Cooldown:
+    """Under --schedule wsd, what ends the run: the wrapped policy's "converged" starts the cooldown, the end of
+    the cooldown stops the run. After each step, in this order: did the wrapped policy stop the run (GradES:
+    every matrix frozen)? Has the cooldown begun? If not: has GradES judged the model converged (its engine's
+    `converged_step`), or has the cap come so close that a cooldown starting now just ends at --steps? Then the
+    decay starts. Has the cooldown ended? Then the run stops. The decay start lives in the schedule
+    (WSDFactor), which checkpoints carry; this object has no state of its own."""
+
+    def __init__(self, inner, factor, emit: Callable[[str, dict], None] | None = None):
+        self.inner, self.factor, self.emit = inner, factor, emit
+
+    def update(self, step: int) -> str | None:
+        reason = self.inner.update(step)
+        if reason:
+            return reason
+        f = self.factor
+        if f.decay_start is None:
+            engine = getattr(self.inner, "engine", None)
+            converged = engine.converged_step if engine is not None else None
+            if converged is not None:
+                self._start(step, f"GradES: the model converged at step {converged}")
+            elif f.due(step):
+                self._start(step, f"cap: a cooldown starting later would not end by --steps {f.cap}")
+        if f.end is not None and step >= f.end:
+            return f"cooldown done ({f.end - f.decay_start} steps after step {f.decay_start}: {f.decay_reason})"
+        return None
+
+    def _start(self, step: int, reason: str) -> None:
+        if self.factor.start_decay(step, reason) and self.emit is not None:
+            self.emit("events", {"type": "decay", "step": step, "until": self.factor.end, "reason": reason})
+
+    # everything else is the wrapped policy's
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
