@@ -13,6 +13,7 @@ never import each other.
 from __future__ import annotations
 
 import json
+import signal
 import os
 import socket
 import subprocess
@@ -189,3 +190,30 @@ def one_line_error(text: str, *culprits: str) -> str:
     assert len(lines) == 1 and "Traceback" not in text, text[-2000:]
     assert all(c in lines[0] for c in culprits), lines[0]
     return lines[0]
+
+
+# ------------------------------------------------------------------ whole runs
+def cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "vlm_grades", "train", *argv]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run folders hold the same run: weights bit for bit, the same freezes and checkpoints, losses, logs."""
+    assert_same_weights(a, b)
+    assert history(a) == history(b)
+    from vlm_grades.training.run_folder import RunFolder
+
+    ra, rb = RunFolder(a), RunFolder(b)
+    assert [r["loss"] for r in ra.read("metrics")] == [r["loss"] for r in rb.read("metrics")]
+    assert [r["step"] for r in rb.read("metrics")] == list(range(1, len(rb.read("metrics")) + 1))
+    ca, cb = ra.read("convergence"), rb.read("convergence")
+    assert ca == cb
+    if ca:
+        assert ca[-1]["frozen"] == cb[-1]["frozen"]
+
+
+def killed_at(point: str, out: Path, args: list[str]) -> None:
+    """A training run that SIGKILLs itself at `point` (tests/killed_at.py: checkpoint:N, step:N)."""
+    done = subprocess.run([sys.executable, str(TESTS / "killed_at.py"), point, *args, "--out", str(out)], env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, f"the run did not reach {point}: {done.stderr[-2000:]}"

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ENV, TESTS, assert_same_weights, history, one_line_error
+from conftest import ENV, assert_same_run, assert_same_weights, cli, history, killed_at, one_line_error
 from vlm_grades.training.checkpoint import STATE_FILE, latest_checkpoint
 from vlm_grades.cli import main
 from vlm_grades.training.run_folder import RunFolder
@@ -25,29 +23,6 @@ RUN = ["--max-samples", "256", "--batch-size", "8", "--steps", "40", "--checkpoi
        "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0", "--auto-window", "5"]
 SMALL = ["--max-samples", "64", "--batch-size", "8", "--steps", "12", "--checkpoint-every", "4", "--eval-split=",
          "--no-progress", "--seed", "1", "--alpha", "4", "--patience", "1"]
-
-
-def cli(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "vlm_grades", "train", *argv]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    assert_same_weights(a, b)
-    assert history(a) == history(b)
-    ra, rb = RunFolder(a), RunFolder(b)
-    assert [r["loss"] for r in ra.read("metrics")] == [r["loss"] for r in rb.read("metrics")]
-    assert [r["step"] for r in rb.read("metrics")] == list(range(1, len(rb.read("metrics")) + 1))
-    ca, cb = ra.read("convergence"), rb.read("convergence")
-    assert ca == cb
-    if ca:
-        assert ca[-1]["frozen"] == cb[-1]["frozen"]
-
-
-def killed_at(point: str, out: Path, args: list[str]) -> None:
-    """A training run that SIGKILLs itself at `point` (tests/killed_at.py: checkpoint:N, step:N)."""
-    done = subprocess.run([sys.executable, str(TESTS / "killed_at.py"), point, *args, "--out", str(out)], env=ENV,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
-    assert done.returncode == -signal.SIGKILL, f"the run did not reach {point}: {done.stderr[-2000:]}"
 
 
 @pytest.mark.slow

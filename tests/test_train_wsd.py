@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vlm_grades.training.run_folder import RunFolder
-from test_train_resume import ENV, assert_same_run, cli, kill_during_checkpoint
+from conftest import ENV, assert_same_run, cli, killed_at
 
 # warm-up steps 1-5, stable from 6; the grace period ends at step 9, where a converge window of 4 checks with
 # a tolerance nothing exceeds says "converged": the decay starts after step 9 and lasts 9 steps (cooldown 1.0),
@@ -65,7 +65,7 @@ def test_resume_from_each_phase_ends_where_the_uninterrupted_run_ends(reference,
 @pytest.mark.slow
 def test_killed_during_the_cooldown_resumes_bit_for_bit(reference, tmp_path):
     resumed = tmp_path / "resumed"
-    kill_during_checkpoint(resumed, 16, WSD)
+    killed_at("checkpoint:16", resumed, WSD)
     again = subprocess.run(cli("--resume", "--out", str(resumed), "--no-progress"), env=ENV, capture_output=True,
                            text=True)
     assert again.returncode == 0, again.stderr[-3000:]
