@@ -51,10 +51,12 @@ def test_base_loads_offline_and_meets_its_stated_score(tmp_path, monkeypatch):
 
 
 def test_the_default_fine_tunes_the_base_and_from_scratch_keeps_the_old_recipe():
-    # the recipe README states ("1000 planned steps, batch 64, lr 3e-4, GradES defaults"), not the code's constants
+    # the recipe README states (warmup-stable-decay ended by GradES, capped at 1000 steps, batch 64, lr 3e-4, 50
+    # warm-up steps), not the code's constants
     cfg = TrainConfig.build({})
     assert cfg.model_path == str(BASE_DIR) and not cfg.from_scratch and cfg.task == "easyvqa"
-    assert (cfg.steps, cfg.batch_size, cfg.mix_fraction, cfg.schedule, cfg.stopping) == (1000, 64, 0.0, "cosine", "grades")
+    assert (cfg.steps, cfg.batch_size, cfg.mix_fraction, cfg.schedule, cfg.stopping) == (1000, 64, 0.0, "wsd", "grades")
+    assert cfg.warmup == 50
     assert (cfg.lr_vision, cfg.lr_projector, cfg.lr_language) == (3e-4, 3e-4, 3e-4)
     scratch = TrainConfig.build({"from_scratch": True})
     assert scratch.model_path is None and scratch.steps == 2000 and scratch.lr_language == 1e-3

@@ -36,7 +36,7 @@ def one_line(capsys) -> str:
 def unfinished(tmp_path_factory) -> Path:
     """A run of 12 steps with checkpoints at 4 and 8 whose final/ is gone: resumable from step 8."""
     run = tmp_path_factory.mktemp("guards") / "run"
-    assert main(["train", *SMALL, "--out", str(run)]) == 0
+    assert main(["train", *SMALL, "--schedule", "cosine", "--out", str(run)]) == 0   # --extend re-plans a cosine
     shutil.rmtree(run / "final")
     shutil.rmtree(run / "checkpoints" / "step-12", ignore_errors=True)   # as if killed after step 8's checkpoint
     return run

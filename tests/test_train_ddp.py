@@ -17,7 +17,8 @@ from vlm_grades.training.run_folder import RunFolder
 # 256 samples over 2 processes, 4 per micro-batch, 2 micro-batches per step: 16 steps per epoch
 RUN = ["--max-samples", "256", "--batch-size", "4", "--grad-accum", "2", "--steps", "40", "--checkpoint-every",
        "10", "--no-progress", "--seed", "5", "--mix-fraction", "0",
-       "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0", "--auto-window", "5"]
+       "--alpha", "0.3", "--rho", "0.3", "--smoothing", "0", "--auto-window", "5", "--schedule", "cosine",
+       "--warmup", "0.05"]
 
 
 def accelerate_launch(*argv: str) -> subprocess.CompletedProcess:
@@ -117,7 +118,7 @@ def test_qwen_lora_under_ddp(tmp_path, tiny_qwen_dir):
     done = torchrun("--model", "qwen2.5-vl", "--model-path", str(model), "--task", "vqav2", "--data", data["source"],
                     "--split", "val", "--batch-size", "2", "--steps", "12", "--lr", "1e-2", "--eval-split=",
                     "--no-progress", "--lora", "--lora-targets", "both", "--smoothing", "0", "--auto-window", "5",
-                    "--out", str(out))
+                    "--alpha", "0.3", "--out", str(out))
     check_ok(done)
     r0, r1 = rank_states(out)
     assert r0["frozen"] and r0["trainable"], (r0["frozen"], r0["trainable"])   # some adapters frozen, some not

@@ -169,7 +169,8 @@ def test_every_run_ends_with_a_checkpoint_and_extend_continues_from_it(tmp_path,
     """b49fe67 wrote no checkpoint at the last planned step: extending a finished run restarted from the last
     periodic one (its later steps discarded) and the schedule was silently rebuilt for the new total."""
     run = tmp_path / "run"
-    assert main(["train", *SMALL, "--checkpoint-every", "5", "--out", str(run)]) == 0
+    assert main(["train", *SMALL, "--schedule", "cosine", "--warmup", "0.05", "--checkpoint-every", "5", "--out",
+                 str(run)]) == 0
     assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step-12"
     assert ("checkpoint", 12, None, None, None) in history(run)
     before = RunFolder(run).read("metrics")
