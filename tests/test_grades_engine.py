@@ -446,3 +446,18 @@ def test_public_freeze_matches_the_rule_and_finalizes():
         grades.freeze(["nope"])
     grades.freeze([c.name for c in reg.components], step=3)
     assert grades.should_stop and grades.stop_step == 3
+
+
+def test_converged_needs_a_whole_window_of_checks_after_the_grace_period():
+    """A flat statistic fills the plateau test's window only with checks after the grace period: with a grace
+    period of 30 steps and a window of 20 checks, "converged" comes at step 49, not at 30 (a window reaching
+    back into the grace period would have held at the first check after it)."""
+    model, reg, opt, sched, grades, log = make({"alpha": 30, "tau": 1e-30, "converge_window": 20,
+                                                "converge_tolerance": 0.1, "converge_patience": 1}, steps=200)
+    flat = {c.name: 1e-3 * (1 + 0.01 * (i % 3)) for i, c in enumerate(grades.components)}
+    for step in range(1, 49):
+        grades.check(step, flat)
+        assert grades.converged_step is None, step
+    grades.check(49, flat)
+    assert grades.converged_step == 49 and set(grades.converged) == {"vision", "projector", "language"}
+    assert not grades.frozen                                     # the threshold nothing reaches froze nothing

@@ -33,6 +33,17 @@ def test_shape_by_hand_warmup_stable_then_a_cooldown_of_a_fifth_of_the_steps_don
     assert steps == pytest.approx([0.9 / 19] * 19)                                  # linear in between
 
 
+def test_sqrt_cooldown_by_hand_falls_as_one_minus_the_root_of_its_progress():
+    f = WSDFactor(warmup=10, cooldown=0.2, min_ratio=0.1, cap=1000, decay_at=100, shape="sqrt")
+    rates = lrs(f, 120)
+    assert rates[:100] == lrs(WSDFactor(warmup=10, cooldown=0.2, min_ratio=0.1, cap=1000), 100)
+    # step 100 + k (k = 1..20) is at progress (k - 1) / 19 of the cooldown
+    assert rates[100:] == pytest.approx([1 - 0.9 * math.sqrt(k / 19) for k in range(20)])
+    assert rates[104] < lrs(WSDFactor(10, 0.2, 0.1, 1000, decay_at=100), 120)[104]  # below the linear one
+    with pytest.raises(ValueError, match="cooldown shape"):
+        WSDFactor(10, 0.2, 0.1, 1000, shape="cosine")
+
+
 def test_the_cap_starts_the_decay_so_that_the_cooldown_ends_exactly_at_the_cap():
     assert latest_decay_start(1000, 0.2) == 833 and 833 + cooldown_steps(833, 0.2) == 1000
     for cap in (50, 999, 1000, 4000):

@@ -12,12 +12,13 @@ import pytest
 from vlm_grades.training.run_folder import RunFolder
 from conftest import ENV, assert_same_run, cli, killed_at
 
-# warm-up steps 1-5, stable from 6; the grace period ends at step 9, where a converge window of 4 checks with
-# a tolerance nothing exceeds says "converged": the decay starts after step 9 and lasts 9 steps (cooldown 1.0),
+# warm-up steps 1-5, stable from 6; the grace period ends at step 6, and the converge window of 4 checks after
+# it fills at step 9, where a tolerance nothing exceeds says "converged": the decay starts after step 9 and
+# lasts 9 steps (cooldown 1.0),
 # so the run stops at 18 of its 100-step cap. Checkpoints at 4 (warm-up), 8 (stable), 12 and 16 (cooldown).
 WSD = ["--max-samples", "64", "--batch-size", "8", "--steps", "100", "--checkpoint-every", "4",
        "--keep-checkpoints", "10", "--eval-split=", "--no-progress", "--seed", "2", "--schedule", "wsd",
-       "--warmup", "5", "--cooldown", "1.0", "--alpha", "9", "--converge-window", "4",
+       "--warmup", "5", "--cooldown", "1.0", "--alpha", "6", "--converge-window", "4",
        "--converge-tolerance", "100", "--converge-patience", "1"]
 
 

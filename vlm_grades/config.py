@@ -64,6 +64,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     decay_at: int | None = None            # wsd: start the cooldown at this step instead of on convergence
     cooldown: float = 0.2                  # wsd: the cooldown lasts this fraction of the steps done before it
+    cooldown_shape: str = "linear"         # wsd: linear | sqrt (the rate falls as 1 - sqrt of the cooldown's progress)
     clip: float = 1.0
     mixed_precision: str = "no"            # no | bf16 | fp16
     distributed: str = "ddp"               # several processes: ddp (replicated) | fsdp (FSDP2, sharded)
@@ -218,6 +219,8 @@ class TrainConfig:
             raise UserError(f"--schedule: expected {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not (math.isfinite(self.cooldown) and 0 < self.cooldown <= 1):
             raise UserError(f"--cooldown: must be a fraction in (0, 1], got {self.cooldown}")
+        if self.cooldown_shape not in COOLDOWN_SHAPES:
+            raise UserError(f"--cooldown-shape: expected {' or '.join(COOLDOWN_SHAPES)}, got {self.cooldown_shape!r}")
         if self.schedule != "wsd":
             if self.decay_at is not None:
                 raise UserError(f"--decay-at: only with --schedule wsd (the schedule is {self.schedule})")
@@ -328,6 +331,7 @@ class TrainConfig:
 
 NANOVLM_PRESETS = ("tiny", "smol", "222m")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+COOLDOWN_SHAPES = ("linear", "sqrt")             # wsd: how the rate falls through the cooldown
 _AT_LEAST_ONE = ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "eval_batch_size",
                  "max_new_tokens", "classic_every", "classic_patience")
 _AT_LEAST_ONE_OR_ALL = ("max_samples", "val_max_samples", "eval_max_samples")

@@ -100,6 +100,9 @@ def register(sub) -> None:
                    help="wsd: start the cooldown at this step instead of on convergence (for comparisons)")
     o.add_argument("--cooldown", type=float, default=S,
                    help="wsd: the cooldown lasts this fraction of the steps done before it (default 0.2)")
+    o.add_argument("--cooldown-shape", default=S,
+                   help="wsd: how the rate falls through the cooldown: linear, or sqrt (1 - sqrt of the cooldown's "
+                        "progress: faster at first, longer at a low rate) (default linear)")
     o.add_argument("--clip", type=float, default=S, help="gradient norm clipping, 0 to disable (default 1.0)")
     o.add_argument("--mixed-precision", default=S, help="no or bf16 (default no)")
     o.add_argument("--seed", type=int, default=S, help="random seed (default 0)")

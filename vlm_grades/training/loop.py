@@ -80,7 +80,7 @@ class Trainer:
         lrs = {"vision": cfg.lr_vision, "projector": cfg.lr_projector, "language": cfg.lr_language}
         self.optimizer = build_optimizer(self.modality_params, lrs, cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.steps, cfg.warmup, cfg.schedule, cfg.min_lr_ratio,
-                                         cfg.cooldown, cfg.decay_at)
+                                         cfg.cooldown, cfg.decay_at, cfg.cooldown_shape)
         self.stopping = build_stopping(cfg, self.state, self.module, self.registry, self.optimizer, self.adapter,
                                        self.val_samples, accelerator.autocast, self._to_device,
                                        self.run.append if self.main else None, self.scheduler)

@@ -5,8 +5,9 @@ Warmup-stable-decay: warm-up, a constant rate for as long as the model learns, t
 The decay starts when the stopping policy says so (`start_decay(step)`: GradES judged the model converged),
 at a fixed step (`--decay-at`), or at the latest step whose cooldown still ends by the cap (`--steps`). The
 cooldown lasts `cooldown` x the steps done when it starts (Hägele et al. 2024, arXiv 2405.18392: 10-20% of
-the steps matches a cosine schedule of the same length) and falls linearly to `min_ratio`; the run ends when
-it is over (training/stopping.py, Cooldown). Nothing here depends on the cap except that last-resort start.
+the steps matches a cosine schedule of the same length) and falls to `min_ratio`, linearly or as 1 - sqrt of
+the cooldown's progress (`shape`; the same paper found 1-sqrt better than linear at equal length: the rate
+falls fast and the run spends more of its cooldown at a low rate); the run ends when it is over (training/stopping.py, Cooldown). Nothing here depends on the cap except that last-resort start.
 `WSDFactor` is a callable object, so torch's LambdaLR saves its attributes (the decay start among them) in
 the scheduler's state_dict: a checkpoint taken in any phase resumes exactly.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from vlm_grades.config import COOLDOWN_SHAPES
 
 
 def lr_lambda(total_steps: int, warmup: float, schedule: str, min_ratio: float):
@@ -33,9 +36,9 @@ def lr_lambda(total_steps: int, warmup: float, schedule: str, min_ratio: float):
 
 
 def build_scheduler(optimizer, total_steps: int, warmup: float, schedule: str, min_ratio: float,
-                    cooldown: float = 0.2, decay_at: int | None = None):
+                    cooldown: float = 0.2, decay_at: int | None = None, cooldown_shape: str = "linear"):
     if schedule == "wsd":
-        return build_wsd(optimizer, total_steps, warmup, min_ratio, cooldown, decay_at)
+        return build_wsd(optimizer, total_steps, warmup, min_ratio, cooldown, decay_at, cooldown_shape)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, schedule, min_ratio))
 
 
@@ -57,8 +60,12 @@ class WSDFactor:
     """LambdaLR factor of warmup-stable-decay. `step` is LambdaLR's count of scheduler steps taken: the
     factor for optimizer step `step + 1` (1-based)."""
 
-    def __init__(self, warmup: int, cooldown: float, min_ratio: float, cap: int, decay_at: int | None = None):
+    def __init__(self, warmup: int, cooldown: float, min_ratio: float, cap: int, decay_at: int | None = None,
+                 shape: str = "linear"):
+        if shape not in COOLDOWN_SHAPES:
+            raise ValueError(f"cooldown shape: expected one of {COOLDOWN_SHAPES}, got {shape!r}")
         self.warmup, self.cooldown, self.min_ratio = int(warmup), float(cooldown), float(min_ratio)
+        self.shape = shape
         self.cap = int(cap)
         self.fixed = decay_at is not None            # --decay-at: the policy's trigger is ignored
         self.decay_start: int | None = None
@@ -92,11 +99,14 @@ class WSDFactor:
         # optimizer steps decay_start+1 .. end: from 1.0 down to min_ratio at the last one
         span = cooldown_steps(self.decay_start, self.cooldown) - 1
         progress = min(1.0, (step - self.decay_start) / span) if span else 1.0
-        return min(warm, 1.0 - (1.0 - self.min_ratio) * progress)     # a cap inside the warm-up: both apply
+        fall = math.sqrt(progress) if self.shape == "sqrt" else progress
+        return min(warm, 1.0 - (1.0 - self.min_ratio) * fall)     # a cap inside the warm-up: both apply
 
 
-def build_wsd(optimizer, cap: int, warmup: float, min_ratio: float, cooldown: float, decay_at: int | None = None):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WSDFactor(int(warmup), cooldown, min_ratio, cap, decay_at))
+def build_wsd(optimizer, cap: int, warmup: float, min_ratio: float, cooldown: float, decay_at: int | None = None,
+              shape: str = "linear"):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WSDFactor(int(warmup), cooldown, min_ratio, cap, decay_at,
+                                                                  shape))
 
 
 def wsd_factor(scheduler) -> WSDFactor | None:
