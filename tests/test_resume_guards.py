@@ -213,3 +213,28 @@ def test_two_processes_refuse_a_one_process_checkpoint(unfinished, tmp_path):
     assert refusals and all(line.startswith("vlm-grades train: error: --resume: ") for line in refusals), \
         done.stderr[-3000:]
     assert files(run) == before
+
+
+def test_extend_moves_the_cap_of_an_unfinished_wsd_run_and_refuses_a_finished_one(tmp_path, capsys):
+    """Under wsd --steps is a cap: an --extend of an interrupted run says that only the cap moves; a run whose
+    cooldown ended has no schedule left, and an --extend of it is one line (it used to resume and stop at once)."""
+    run = tmp_path / "run"
+    wsd = [*SMALL, "--schedule", "wsd", "--warmup", "2", "--cooldown", "0.5", "--out", str(run)]
+    assert main(["train", *wsd]) == 0                     # nothing converges: the cap starts the decay at 8
+    end = RunFolder(run).finished()
+    assert end["step"] == 12 and end["stop_reason"].startswith("cooldown done"), end
+    before = files(run)
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", "--steps", "20", "--extend"]) == 2
+    err = one_line(capsys)
+    assert "--extend: the run ended at step 12 when its wsd cooldown did" in err, err
+    assert files(run) == before
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints" / "step-12")
+    shutil.rmtree(run / "checkpoints" / "step-8")        # back to step 4: the stable phase, the decay not begun
+    (run / "events.jsonl").write_text("".join(line + "\n" for line in (run / "events.jsonl").read_text().splitlines()
+                                              if '"type": "end"' not in line))
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", "--steps", "20", "--extend"]) == 0
+    out = capsys.readouterr().out
+    assert "--extend: the cap goes from 12 to 20 steps; under --schedule wsd the rate does not follow the cap: a " \
+           "cooldown not begun by then starts at step 13 at the latest (was 8)" in out, out
+    assert RunFolder(run).finished()["step"] == 20

@@ -104,6 +104,10 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False,
         raise UserError(f"--extend: the run ended at step {end.get('step')} but its newest checkpoint is step {at} "
                         f"(written before runs checkpointed their last step): steps {at + 1}-{end.get('step')} would "
                         f"be trained again under another schedule; train into a new --out")
+    if end is not None and ran.schedule == "wsd":
+        raise UserError(f"--extend: the run ended at step {end.get('step')} when its wsd cooldown did "
+                        f"({end.get('stop_reason')}); a finished warmup-stable-decay run has no schedule left to "
+                        f"extend (its rate is at the cooldown's floor): train into a new --out")
     said = extension(ran, now, at)
     if end is not None:
         said += "; its final/, eval/ and summary are replaced when the extended run ends"
@@ -112,7 +116,12 @@ def check_changes(ran: Any, now: Any, path: Path, extend: bool = False,
 
 def extension(ran: Any, now: Any, at: int) -> str:
     """What --extend changes: the schedule from the next step on, and the grace period of GradES."""
-    from vlm_grades.training.schedule import lr_lambda
+    from vlm_grades.training.schedule import latest_decay_start, lr_lambda
+
+    if ran.schedule == "wsd":   # only the cap moves: the cooldown, if not begun, may start later
+        return (f"--extend: the cap goes from {ran.steps} to {now.steps} steps; under --schedule wsd the rate does "
+                f"not follow the cap: a cooldown not begun by then starts at step {latest_decay_start(now.steps, now.cooldown)} "
+                f"at the latest (was {latest_decay_start(ran.steps, ran.cooldown)})")
 
     old = lr_lambda(ran.steps, ran.warmup, ran.schedule, ran.min_lr_ratio)
     new = lr_lambda(now.steps, now.warmup, now.schedule, now.min_lr_ratio)
