@@ -111,7 +111,7 @@ def main() -> None:
             rows.append(run(preset, mode, args.steps if preset == "tiny" else 0))
     if dist.get_rank() == 0:
         mb = 2 ** 20
-        print(f"| preset | mode | params+grads+AdamW per rank, MiB | after half frozen | frozen/monitored |")
+        print("| preset | mode | params+grads+AdamW per rank, MiB | after half frozen | frozen/monitored |")
         print("| --- | --- | ---: | ---: | --- |")
         for r in rows:
             b, a = sum(r["before"].values()) / mb, sum(r["after"].values()) / mb

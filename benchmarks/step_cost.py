@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import fmt, median  # noqa: E402
+from common import fmt  # noqa: E402
 
 TARGET = 0.9
 

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from vlm_grades.training.run_folder import LOGS, RunFolder
 
 STEPS = 1500

@@ -95,6 +95,23 @@ def test_resumed_ddp_run_ends_as_the_uninterrupted_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_wsd_under_ddp_every_process_starts_the_cooldown_and_stops_at_the_same_step(tmp_path):
+    """Each process decides "converged" from the all-reduced statistics (nothing is broadcast): both start the
+    decay after step 9 (grace period 6, a window of 4 checks after it) and stop at 18, with the same weights."""
+    out = tmp_path / "run"
+    done = torchrun("--max-samples", "64", "--batch-size", "4", "--steps", "100", "--eval-split=", "--no-progress",
+                    "--seed", "3", "--schedule", "wsd", "--warmup", "5", "--cooldown", "1.0", "--alpha", "6",
+                    "--converge-window", "4", "--converge-tolerance", "100", "--converge-patience", "1",
+                    "--out", str(out))
+    check_ok(done)
+    r0, r1 = rank_states(out)
+    assert r0["decay_start"] == r1["decay_start"] == 9
+    assert r0["step"] == r1["step"] == 18 and r0["weights_sha256"] == r1["weights_sha256"]
+    decay = [e for e in RunFolder(out).read("events") if e["type"] == "decay"]
+    assert [(e["step"], e["until"]) for e in decay] == [(9, 18)]
+
+
+@pytest.mark.slow
 def test_everything_frozen_stops_cleanly_under_ddp(tmp_path):
     """Every matrix frozen and every modality finalized at once: nothing left for DDP to wrap."""
     out = tmp_path / "run"

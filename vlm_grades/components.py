@@ -16,7 +16,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import torch
 from torch import nn
 
 from vlm_grades.errors import UserError

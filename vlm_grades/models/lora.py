@@ -9,7 +9,7 @@ plus the modalities trained fully beside them (by default the projector, the com
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 from torch import nn

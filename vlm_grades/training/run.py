@@ -97,6 +97,8 @@ def write_rank_state(trainer: Trainer, run: RunFolder) -> None:
     import hashlib
     import json
 
+    from vlm_grades.training.schedule import wsd_factor
+
     digest = hashlib.sha256()   # FSDP: of this rank's shards
     for name, tensor in sorted(trainer.module.state_dict().items()):
         digest.update(name.encode())
@@ -105,7 +107,8 @@ def write_rank_state(trainer: Trainer, run: RunFolder) -> None:
     record = {"rank": trainer.acc.process_index, "processes": trainer.acc.num_processes, "step": trainer.state.step,
               "weights_sha256": digest.hexdigest(), "frozen": dict(sorted(frozen.items())),
               "trainable": sorted(n for n, p in trainer.module.named_parameters() if p.requires_grad),
-              "feature_cache_on_step": trainer.feature_cache.on_step}
+              "feature_cache_on_step": trainer.feature_cache.on_step,
+              "decay_start": getattr(wsd_factor(trainer.scheduler), "decay_start", None)}
     (run.path / f"rank-{trainer.acc.process_index}.json").write_text(json.dumps(record, indent=1))
 
 
