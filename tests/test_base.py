@@ -10,6 +10,7 @@ from nanovlm import BASE_DIR
 from vlm_grades.config import TrainConfig
 from vlm_grades.data.scenes import load_scenes
 from vlm_grades.errors import UserError
+from vlm_grades.grades.config import GradESConfig
 
 # stated in README and docs/GRADES.md ("The shipped base"): held-out scenes accuracy on the first 100 test
 # pictures (the whole test split is in nanovlm/base/BUILD.json)
@@ -52,8 +53,12 @@ def test_base_loads_offline_and_meets_its_stated_score(tmp_path, monkeypatch):
 
 def test_the_default_fine_tunes_the_base_and_from_scratch_keeps_the_old_recipe():
     # the recipe README states (warmup-stable-decay ended by GradES, capped at 1000 steps, batch 64, lr 3e-4, 50
-    # warm-up steps), not the code's constants
+    # warm-up steps, a linear cooldown of 0.4 of the steps done, the plateau test's window after a 300-step grace
+    # period), not the code's constants
     cfg = TrainConfig.build({})
+    assert (cfg.cooldown, cfg.cooldown_shape, cfg.min_lr_ratio) == (0.4, "linear", 0.1)
+    grades = GradESConfig.from_dict(cfg.grades)
+    assert (grades.alpha, grades.converge_window, grades.converge_tolerance, grades.converge_patience) == (300, 200, 0.1, 10)
     assert cfg.model_path == str(BASE_DIR) and not cfg.from_scratch and cfg.task == "easyvqa"
     assert (cfg.steps, cfg.batch_size, cfg.mix_fraction, cfg.schedule, cfg.stopping) == (1000, 64, 0.0, "wsd", "grades")
     assert cfg.warmup == 50

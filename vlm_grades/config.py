@@ -63,7 +63,7 @@ class TrainConfig:
     schedule: str = "cosine"               # cosine | linear | constant | wsd (warmup-stable-decay)
     min_lr_ratio: float = 0.1
     decay_at: int | None = None            # wsd: start the cooldown at this step instead of on convergence
-    cooldown: float = 0.2                  # wsd: the cooldown lasts this fraction of the steps done before it
+    cooldown: float = 0.4                  # wsd: the cooldown lasts this fraction of the steps done before it
     cooldown_shape: str = "linear"         # wsd: linear | sqrt (the rate falls as 1 - sqrt of the cooldown's progress)
     clip: float = 1.0
     mixed_precision: str = "no"            # no | bf16 | fp16
