@@ -101,7 +101,8 @@ def _cooldown_end(config: dict[str, Any], converged: int | None) -> int | None:
 
     if config.get("schedule") != "wsd" or config.get("decay_at") is not None or converged is None:
         return None
-    return converged + cooldown_steps(converged, float(config.get("cooldown", 0.2))   # runs before 0.4 became the default)
+    # config.yaml has no cooldown only in runs from before it became a setting, which ran with 0.2
+    return converged + cooldown_steps(converged, float(config.get("cooldown", 0.2)))
 
 
 def replay_table(result: dict[str, Any]) -> str:
