@@ -101,6 +101,13 @@ def test_policy_without_convergence_decays_so_as_to_end_at_the_cap():
     f = WSDFactor(warmup=5, cooldown=0.2, min_ratio=0.1, cap=600)
     step, reason = drive(Cooldown(FakePolicy(), f), 10_000)
     assert step == 600 and f.decay_start == latest_decay_start(600, 0.2) and "cap" in f.decay_reason
+    # where 0.4 x the start rounds short of the cap, the cap-forced cooldown still ends at the cap, the rate at
+    # min_ratio on its last step: a run uses all of its --steps (cap 4: start after step 2, cooldown 3-4)
+    for cap in (4, 45, 1000):
+        f = WSDFactor(warmup=1, cooldown=0.4, min_ratio=0.1, cap=cap)
+        step, _ = drive(Cooldown(FakePolicy(), f), 10_000)
+        assert step == f.end == cap and lrs(f, cap)[-1] == pytest.approx(0.1)
+    assert latest_decay_start(4, 0.4) + cooldown_steps(latest_decay_start(4, 0.4), 0.4) == 3   # the rounding
 
 
 def test_policy_stops_when_the_wrapped_policy_does_and_decay_at_ignores_convergence():

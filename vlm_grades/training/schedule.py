@@ -72,15 +72,19 @@ class WSDFactor:
         self.fixed = decay_at is not None            # --decay-at: the policy's trigger is ignored
         self.decay_start: int | None = None
         self.decay_reason: str | None = None
+        self.decay_end: int | None = None            # set when the cap decides where the cooldown ends
         if decay_at is not None:
-            self.start_decay(min(int(decay_at), latest_decay_start(cap, cooldown)), f"--decay-at {decay_at}")
+            latest = latest_decay_start(cap, cooldown)
+            self.start_decay(min(int(decay_at), latest), f"--decay-at {decay_at}", to_cap=int(decay_at) >= latest)
 
-    def start_decay(self, step: int, reason: str) -> bool:
-        """Starts the cooldown after optimizer step `step` (the next step is the first one decayed).
-        False if it has started already."""
+    def start_decay(self, step: int, reason: str, to_cap: bool = False) -> bool:
+        """Starts the cooldown after optimizer step `step` (the next step is the first one decayed). to_cap: the
+        cap forced it, and the cooldown ends at the cap (its length rounds up to at most a step more than
+        `cooldown` x step, so a run uses all of its --steps). False if it has started already."""
         if self.decay_start is not None:
             return False
         self.decay_start, self.decay_reason = int(step), reason
+        self.decay_end = self.cap if to_cap else None
         return True
 
     def due(self, step: int) -> bool:
@@ -92,6 +96,8 @@ class WSDFactor:
         """The optimizer step at which the cooldown ends (None: not started)."""
         if self.decay_start is None:
             return None
+        if getattr(self, "decay_end", None) is not None:       # absent in checkpoints of earlier versions
+            return self.decay_end
         return self.decay_start + cooldown_steps(self.decay_start, self.cooldown)
 
     def __call__(self, step: int) -> float:
@@ -99,7 +105,7 @@ class WSDFactor:
         if self.decay_start is None or step <= self.decay_start:
             return warm
         # optimizer steps decay_start+1 .. end: from 1.0 down to min_ratio at the last one
-        span = cooldown_steps(self.decay_start, self.cooldown) - 1
+        span = self.end - self.decay_start - 1
         progress = min(1.0, (step - self.decay_start) / span) if span else 1.0
         fall = math.sqrt(progress) if self.shape == "sqrt" else progress
         return min(warm, 1.0 - (1.0 - self.min_ratio) * fall)     # a cap inside the warm-up: both apply

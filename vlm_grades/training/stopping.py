@@ -197,13 +197,13 @@ class Cooldown:
             if converged is not None:
                 self._start(step, f"GradES: the model converged at step {converged}")
             elif f.due(step):
-                self._start(step, f"cap: a cooldown starting later would not end by --steps {f.cap}")
+                self._start(step, f"cap: a cooldown starting later would not end by --steps {f.cap}", to_cap=True)
         if f.end is not None and step >= f.end:
             return f"cooldown done ({f.end - f.decay_start} steps after step {f.decay_start}: {f.decay_reason})"
         return None
 
-    def _start(self, step: int, reason: str) -> None:
-        if self.factor.start_decay(step, reason) and self.emit is not None:
+    def _start(self, step: int, reason: str, to_cap: bool = False) -> None:
+        if self.factor.start_decay(step, reason, to_cap) and self.emit is not None:
             self.emit("events", {"type": "decay", "step": step, "until": self.factor.end, "reason": reason})
 
     # everything else is the wrapped policy's
