@@ -24,17 +24,16 @@ from pathlib import Path
 
 import yaml
 
-LOGS = ("config.yaml", "components.json", "events.jsonl", "metrics.jsonl", "convergence.jsonl")
-
 
 def branch(src: Path, step: int, cooldown: float, shape: str, min_ratio: float, out: Path) -> dict:
     """Copies `src`'s logs and its checkpoint at `step` to `out`, then resumes it there as a wsd cooldown."""
+    from vlm_grades.training.run_folder import LOGS
     from vlm_grades.training.schedule import cooldown_steps
 
     if out.exists():
         shutil.rmtree(out)
     (out / "checkpoints").mkdir(parents=True)
-    for name in LOGS:
+    for name in ("config.yaml", "components.json", *(f"{kind}.jsonl" for kind in LOGS)):
         shutil.copy(src / name, out / name)
     shutil.copytree(src / "checkpoints" / f"step-{step}", out / "checkpoints" / f"step-{step}")
     settings = yaml.safe_load((src / "config.yaml").read_text())

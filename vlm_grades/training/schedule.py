@@ -96,7 +96,7 @@ class WSDFactor:
         """The optimizer step at which the cooldown ends (None: not started)."""
         if self.decay_start is None:
             return None
-        if getattr(self, "decay_end", None) is not None:       # absent in checkpoints of earlier versions
+        if self.decay_end is not None:   # a checkpoint of an earlier version leaves the constructor's None
             return self.decay_end
         return self.decay_start + cooldown_steps(self.decay_start, self.cooldown)
 
